@@ -1,0 +1,4 @@
+"""SeedVR2 model and pipeline code (DiT 3B/7B, causal video VAE, one-step upscale).
+
+Host-agnostic: nothing here imports ComfyUI. Public entry points are re-exported below.
+"""
