@@ -1,0 +1,17 @@
+"""ComfyUI nodes of the pack (V3 schema). The only package here that imports ComfyUI."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
+
+from .blockswap_config import BlockSwapConfigNode
+
+
+class SeedVR2BlockSwapExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [BlockSwapConfigNode]
+
+
+async def comfy_entrypoint() -> SeedVR2BlockSwapExtension:
+    return SeedVR2BlockSwapExtension()

@@ -1,0 +1,78 @@
+"""The "SeedVR2 BlockSwap Config" node: emits a `blockswap.BlockSwapConfig` (as its dict) for
+the DiT loader, which applies it. Validation lives in `BlockSwapConfig`, not here."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..blockswap import BlockSwapConfig
+from ..blockswap.config import MAX_PREFETCH, PIN_MODES, PLACEMENTS
+from .types import CATEGORY, NODE_PREFIX, BlockSwapConfigType
+
+_DEFAULTS = BlockSwapConfig(blocks_to_swap=16)
+
+
+class BlockSwapConfigNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{NODE_PREFIX}BlockSwapConfig",
+            display_name="SeedVR2 BlockSwap Config",
+            category=CATEGORY,
+            description=(
+                "Run SeedVR2 on a GPU too small for the whole model: swapped transformer blocks stay in "
+                "system RAM and stream to the GPU just before they run, loaded ahead on a side stream. "
+                "Connect to the DiT loader's block_swap_config input. No effect on CPU/Mac."),
+            inputs=[
+                io.Int.Input(
+                    "blocks_to_swap", default=_DEFAULTS.blocks_to_swap, min=0, max=36,
+                    tooltip=(
+                        "Transformer blocks kept in RAM and streamed in for each use (0 = none, all load to "
+                        "the GPU on first use). 3B has 32 blocks (~6.8 GB fp16), 7B has 36 (~16.5 GB fp16). "
+                        "Rough guide for the DiT alone: 3B on 8 GB: 20-32, 12 GB: 8-16, 16 GB+: 0. "
+                        "7B on 8-12 GB: 36, 16 GB: 20-28, 24 GB: 8-16. Higher = less VRAM, more PCIe traffic."),
+                ),
+                io.Boolean.Input(
+                    "swap_io_components", default=_DEFAULTS.swap_io_components,
+                    tooltip=(
+                        "Also stream the embeddings and output head (~0.1-0.2 GB) for each use instead of "
+                        "keeping them on the GPU. Only worth it when every last 100 MB counts."),
+                ),
+                io.Int.Input(
+                    "prefetch_blocks", default=_DEFAULTS.prefetch_blocks, min=1, max=MAX_PREFETCH,
+                    tooltip=(
+                        "How many swapped blocks are loaded ahead of use (GPU slots, each the size of the "
+                        "largest block: ~0.32 GB for 3B, ~0.45 GB for 7B in fp16). 2 hides transfers in most "
+                        "cases; 3 helps the 3B (uneven block sizes) and slow PCIe links; 1 saves VRAM."),
+                ),
+                io.Combo.Input(
+                    "pin_memory", options=list(PIN_MODES), default=_DEFAULTS.pin_memory,
+                    tooltip=(
+                        "Page-lock the swapped blocks in RAM so copies run in the background. auto: pin "
+                        "within a safe share of RAM (Windows counts it as shared GPU memory, ~40% of RAM), "
+                        "staged copies beyond. on: pin all swapped blocks. off: never pin (slow, "
+                        "for systems where pinning fails)."),
+                ),
+                io.Combo.Input(
+                    "placement", options=list(PLACEMENTS), default=_DEFAULTS.placement,
+                    tooltip=(
+                        "Which blocks to swap. spread: evenly between the GPU-resident blocks, so their "
+                        "compute hides the transfers (faster). first: blocks 0..N-1, as other SeedVR2 nodes do. "
+                        "Same VRAM either way."),
+                ),
+                io.Boolean.Input(
+                    "debug", default=_DEFAULTS.debug,
+                    tooltip="Time transfers and GPU stalls and log a summary after each upscale (slight overhead).",
+                ),
+            ],
+            outputs=[BlockSwapConfigType.Output(
+                display_name="block_swap_config",
+                tooltip="Connect to the SeedVR2 DiT loader's block_swap_config input.")],
+        )
+
+    @classmethod
+    def execute(cls, blocks_to_swap: int, swap_io_components: bool, prefetch_blocks: int, pin_memory: str,
+                placement: str, debug: bool) -> io.NodeOutput:
+        config = BlockSwapConfig(blocks_to_swap=blocks_to_swap, swap_io_components=swap_io_components,
+                                 prefetch_blocks=prefetch_blocks, pin_memory=pin_memory, placement=placement,
+                                 debug=debug)
+        return io.NodeOutput(config.to_dict())
