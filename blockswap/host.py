@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import weakref
 
 import torch
 from torch import nn
@@ -114,12 +115,18 @@ def default_pin_budget() -> int:
 
 def pin(buffer: torch.Tensor) -> bool:
     """Page-lock `buffer` in place (cudaHostRegister, exact size: no power-of-two rounding,
-    no second copy). Returns False when the driver refuses."""
+    no second copy). Returns False when the driver refuses. The registration is undone by
+    `unpin`, or when `buffer` is garbage collected (freeing registered memory leaks the pin)."""
     if buffer.numel() == 0 or buffer.is_pinned():
         return buffer.is_pinned()
-    err = torch.cuda.cudart().cudaHostRegister(buffer.data_ptr(), buffer.numel() * buffer.element_size(), 0)
-    return int(err) == 0
+    ptr = buffer.data_ptr()
+    if int(torch.cuda.cudart().cudaHostRegister(ptr, buffer.numel() * buffer.element_size(), 0)) != 0:
+        return False
+    buffer._blockswap_unpin = weakref.finalize(buffer, torch.cuda.cudart().cudaHostUnregister, ptr)
+    return True
 
 
 def unpin(buffer: torch.Tensor) -> None:
-    torch.cuda.cudart().cudaHostUnregister(buffer.data_ptr())
+    finalizer = getattr(buffer, "_blockswap_unpin", None)
+    if finalizer is not None:
+        finalizer()

@@ -2,3 +2,4 @@
 
 Host-agnostic: nothing here imports ComfyUI. Public entry points are re-exported below.
 """
+from .dit import build_dit, load_dit
