@@ -59,7 +59,7 @@ class _Ring:
         make compute wait for it, bind its tensors to the slot."""
         if not self.buffers:
             self._allocate()
-        if self.slot_of[rank] is None:
+        if self.slot_of[rank] is None and self.prefetch:  # a prefetch miss (IO units always load on demand)
             self.engine.on_demand_loads += 1
         self._ensure(rank, self.k if self.prefetch else 1)
         slot = self.slot_of[rank]
