@@ -316,10 +316,11 @@ class BlockSwapHandle:
         device, placement methods back. Idempotent."""
         if self.removed:
             return
-        self.removed = True
         if not self.active:
+            self.removed = True
             return
         self.offload()
+        self.removed = True
         for module, previous in reversed(self._wrapped):
             if previous is _MISSING:
                 del module.__dict__["forward"]
@@ -333,6 +334,12 @@ class BlockSwapHandle:
                 unpin(unit.buffer)
                 unit.pinned = False
         self.model.__dict__.pop("_blockswap_handle", None)
+        # The model's tensors keep their (host) storage; drop ours so a later re-apply or the
+        # model's own deletion frees it at once instead of at the next cyclic garbage collection.
+        self.active = False
+        self._notes.append("removed")
+        self.blocks, self.io, self.loose, self.resident, self.resident_io = [], [], [], [], []
+        self.ring = self.io_ring = None
 
     def placement(self) -> list[str]:
         """Per block: "device" while its tensors are bound to device memory, else "offload"."""

@@ -204,8 +204,11 @@ def test_remove_restores_the_model_exactly():
     param_ids = [id(p) for p in model.parameters()]
     handle = swap(model, blocks_to_swap=3, swap_io_components=True)
     model(*inputs())
+    units = handle.blocks + handle.io + handle.loose
     handle.remove()
     handle.remove()  # idempotent
+    assert all(u.on_master() for u in units)
+    assert not handle.stats().active and "removed" in handle.stats().summary()
     after = model.state_dict()
     assert list(after) == list(before)
     assert all(torch.equal(after[k], before[k]) and after[k].dtype == before[k].dtype for k in before)

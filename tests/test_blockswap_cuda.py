@@ -38,8 +38,9 @@ def test_apply_puts_nothing_on_the_gpu_and_pins_swapped_masters():
     resident = [i for i in range(12) if i not in handle.swapped]
     assert all(model.blocks[i].fc1.weight.device.type == "cuda" for i in resident)
     assert all(model.blocks[i].fc1.weight.device.type == "cpu" for i in handle.swapped)
+    units = handle.blocks
     handle.remove()
-    assert not any(u.buffer.is_pinned() for u in handle.blocks)
+    assert not any(u.buffer.is_pinned() for u in units)
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
