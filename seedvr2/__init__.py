@@ -3,3 +3,7 @@
 Host-agnostic: nothing here imports ComfyUI. Public entry points are re-exported below.
 """
 from .dit import build_dit, load_dit
+from .vae import build_vae, load_vae
+from .pipeline import (UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling, upscale,
+                       validate_upscale_inputs)
+from .placement import ModulePlacement, Placement

@@ -1,0 +1,13 @@
+"""Model files: the registry of known downloads, finding/downloading them, recognising layouts."""
+from .download import (MODEL_EXTENSIONS, ModelFileError, download_model_file, ensure_model_file, find_model_file,
+                       list_models, local_model_files, verify_file)
+from .layout import CheckpointLayout, expect_kind, inspect_checkpoint
+from .registry import DEFAULT_DIT, DEFAULT_VAE, MODEL_FILES, POS_EMB_FILE, ModelFile, known_file, known_files
+from .resolve import ModelPaths, resolve_models, resolve_pos_emb
+
+__all__ = [
+    "MODEL_EXTENSIONS", "ModelFileError", "download_model_file", "ensure_model_file", "find_model_file",
+    "list_models", "local_model_files", "verify_file", "CheckpointLayout", "expect_kind", "inspect_checkpoint",
+    "DEFAULT_DIT", "DEFAULT_VAE", "MODEL_FILES", "POS_EMB_FILE", "ModelFile", "known_file", "known_files",
+    "ModelPaths", "resolve_models", "resolve_pos_emb",
+]

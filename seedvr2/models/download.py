@@ -1,0 +1,198 @@
+"""Finding model files in a models folder, and downloading the known ones that are missing.
+
+Rules:
+* Nothing is downloaded at import or while listing; only `ensure_model_file(..., download=True)`
+  downloads, and only a name from the registry.
+* A file already in the models folder is used as it is and never overwritten or deleted (a size
+  different from the registry's is logged, and a broken file fails later with the loader's
+  message naming it).
+* Downloads go through `huggingface_hub.hf_hub_download` into `<models>/.downloads/`, where
+  huggingface_hub keeps the partial file between attempts (an interrupted download resumes).
+  The finished file is verified (SHA-256; size when no hash is known) and only then moved to
+  `<models>/<name>` with a no-overwrite link. A file that fails verification is removed from
+  the staging folder (it is ours, not the user's) and the error says what was expected.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .registry import Kind, ModelFile, known_file, known_files
+
+log = logging.getLogger(__name__)
+
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".gguf")
+STAGING_DIR = ".downloads"
+_HASH_CHUNK = 16 * 1024 * 1024
+
+
+class ModelFileError(FileNotFoundError):
+    """A model file is missing or could not be downloaded; the message says what to do."""
+
+
+def guess_kind(name: str) -> Kind:
+    """Which loader a file name belongs to, for listing only (loading checks the keys)."""
+    lower = Path(name).name.lower()
+    if lower.endswith(".pt") or lower.startswith(("pos_emb", "neg_emb", "text_emb")):
+        return "text"
+    return "vae" if "vae" in lower else "dit"
+
+
+def local_model_files(models_dirs: Iterable[str | os.PathLike]) -> list[str]:
+    """Model files under the folders (recursively), as paths relative to their folder, sorted."""
+    found: set[str] = set()
+    for folder in map(Path, models_dirs):
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob("*"):
+            rel = path.relative_to(folder)
+            if path.is_file() and path.suffix.lower() in MODEL_EXTENSIONS and not rel.parts[0].startswith("."):
+                found.add(rel.as_posix())
+    return sorted(found)
+
+
+def list_models(models_dirs: Iterable[str | os.PathLike], kind: Kind) -> list[str]:
+    """Choices for a loader: local files of `kind` first, then known downloadable names not present.
+
+    Reads directory entries only: no file is opened and nothing is downloaded.
+    """
+    local = [f for f in local_model_files(models_dirs) if guess_kind(f) == kind]
+    present = {Path(f).name for f in local}
+    missing = [m.name for m in known_files(kind) if m.name not in present]
+    return local + missing
+
+
+def find_model_file(name: str, models_dirs: Iterable[str | os.PathLike]) -> Path | None:
+    """An existing file: `name` as a path, or relative to one of the folders."""
+    direct = Path(name).expanduser()
+    if direct.is_absolute() and direct.is_file():
+        return direct
+    for folder in map(Path, models_dirs):
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    if direct.is_file():
+        return direct
+    return None
+
+
+def ensure_model_file(name: str, models_dir: str | os.PathLike, *, download: bool = True,
+                      extra_dirs: Iterable[str | os.PathLike] = ()) -> Path:
+    """The path of model `name`, downloading it into `models_dir` if it is a known, missing file.
+
+    `extra_dirs` are searched too (ComfyUI's extra_model_paths) but never written to.
+    Raises ModelFileError when the file is missing and cannot (or may not) be downloaded.
+    """
+    models_dir = Path(models_dir)
+    found = find_model_file(name, [models_dir, *extra_dirs])
+    entry = known_file(Path(name).name)
+    if found is not None:
+        if entry is not None and found.stat().st_size != entry.size:
+            log.warning("SeedVR2: %s is %d bytes, but the published %s is %d bytes; using it as it is (it was "
+                        "not modified). If loading fails, move it away and let it download again.",
+                        found, found.stat().st_size, entry.name, entry.size)
+        return found
+    if entry is None:
+        raise ModelFileError(
+            f"model file {name!r} not found in {models_dir}" + "".join(f" or {d}" for d in extra_dirs) +
+            ". Put the file there, or choose one of the known models, which download automatically: "
+            f"{', '.join(m.name for m in known_files(guess_kind(name)))}")
+    if not download:
+        raise ModelFileError(
+            f"model file {entry.name!r} not found in {models_dir} and downloads are off. Download it from "
+            f"{entry.url} ({entry.size:,} bytes) into that folder, or enable downloads.")
+    return download_model_file(entry, models_dir)
+
+
+def download_model_file(entry: ModelFile, models_dir: str | os.PathLike) -> Path:
+    """Download `entry` into `models_dir`/`entry.name` (resumable, verified, never overwriting)."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise ModelFileError(
+            f"{entry.name} is missing and huggingface_hub is not installed to download it. Run "
+            f"`pip install huggingface_hub`, or download {entry.url} into {models_dir} yourself.") from None
+    models_dir = Path(models_dir)
+    target = models_dir / entry.name
+    staging = models_dir / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    log.info("SeedVR2: downloading %s (%.2f GB) from %s into %s", entry.name, entry.size / 1e9, entry.repo, models_dir)
+    try:
+        staged = Path(huggingface_hub.hf_hub_download(**_download_kwargs(huggingface_hub, entry, staging)))
+    except Exception as exc:  # noqa: BLE001 - network/auth/disk errors all end the same way for the user
+        raise ModelFileError(
+            f"downloading {entry.name} from {entry.url} failed ({type(exc).__name__}: {exc}). The partial file is "
+            f"kept in {staging} and the next attempt resumes it; or download the file into {models_dir} yourself."
+        ) from exc
+    try:
+        verify_file(staged, entry)
+    except ModelFileError:
+        staged.unlink(missing_ok=True)
+        raise
+    _move_no_overwrite(staged, target)
+    log.info("SeedVR2: %s verified and saved to %s", entry.name, target)
+    return target
+
+
+def _download_kwargs(hub, entry: ModelFile, staging: Path) -> dict:
+    kwargs = dict(repo_id=entry.repo, filename=entry.path_in_repo, revision=entry.revision, local_dir=str(staging))
+    # huggingface_hub < 0.23 symlinks into its cache by default; we want real bytes in the folder.
+    if "local_dir_use_symlinks" in inspect.signature(hub.hf_hub_download).parameters and \
+            _version_tuple(getattr(hub, "__version__", "0")) < (0, 23):
+        kwargs["local_dir_use_symlinks"] = False
+    return kwargs
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, entry: ModelFile) -> None:
+    """Raise ModelFileError unless `path` has the entry's SHA-256.
+
+    The hash decides: a few registry sizes are computed rather than observed, so a size mismatch
+    with the right hash is only logged.
+    """
+    size = path.stat().st_size
+    digest = sha256_of(path)
+    if digest == entry.sha256:
+        if size != entry.size:
+            log.warning("SeedVR2: %s has the published SHA-256 but %d bytes, not the %d in the registry",
+                        entry.name, size, entry.size)
+        return
+    raise ModelFileError(
+        f"downloaded {entry.name} does not match the published file: SHA-256 {digest} ({size:,} bytes), expected "
+        f"{entry.sha256} ({entry.size:,} bytes) from {entry.url}. The download was incomplete or the file "
+        "changed upstream; it was discarded, try again.")
+
+
+def _move_no_overwrite(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`, failing instead of replacing a file that appeared at `dst` meanwhile."""
+    try:
+        os.link(src, dst)  # atomic, and refuses an existing dst
+    except FileExistsError:
+        raise ModelFileError(f"{dst} appeared while {src.name} was downloading; the existing file was kept and the "
+                             f"download left at {src}") from None
+    except OSError:
+        # No hard links here (e.g. FAT, some network shares): check, then rename.
+        if dst.exists():
+            raise ModelFileError(f"{dst} already exists; the download was left at {src}") from None
+        os.replace(src, dst)
+        return
+    src.unlink()
