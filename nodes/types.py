@@ -6,3 +6,5 @@ NODE_PREFIX = "SVR2BS_"
 CATEGORY = "SeedVR2 BlockSwap"
 
 BlockSwapConfigType = io.Custom("SEEDVR2_BLOCKSWAP_CONFIG")
+DiTType = io.Custom("SEEDVR2_DIT")
+VAEType = io.Custom("SEEDVR2_VAE")

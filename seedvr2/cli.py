@@ -21,16 +21,13 @@ import torch
 
 from .checkpoint import CheckpointError
 from .color import COLOR_CORRECTIONS
-from .models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError, resolve_models
+from .loaders import DTYPES, LoadedDiT, load_dit_model, load_vae_model, upscale_models
+from .models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError
 from .pipeline import TensorSink, UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling, upscale
 from .pipeline.settings import validate_upscale_inputs
-from .placement import ModulePlacement
 from .video_io import MediaError, VideoWriter, is_image_path, read_media, write_images
 
 log = logging.getLogger("seedvr2")
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m seedvr2", description=__doc__.split("\n\n")[0],
@@ -124,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("%s: %d frame(s) %dx%d -> %dx%d", args.input, frames.shape[0], *geometry.input_hw, *geometry.output_hw)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    models, handle = load_models(args, device)
+    models, dit = load_models(args, device)
     started = time.perf_counter()
     with ProgressBar(enabled=not args.quiet) as bar:
         if fps is None or is_image_path(output):
@@ -136,53 +133,28 @@ def run(args: argparse.Namespace) -> int:
             with VideoWriter(output, fps, crf=args.crf) as writer:
                 upscale(frames, models, settings, sink=writer, progress=bar.update)
             where = output
-    if handle is not None:
-        log.info("block swap: %s", handle.stats().summary())
-        handle.remove()
+    if dit.block_swap is not None:
+        log.info("block swap: %s", dit.block_swap.stats().summary())
+    dit.release()
     log.info("wrote %s in %.1f s", where, time.perf_counter() - started)
     return 0
 
 
-def load_models(args: argparse.Namespace, device: torch.device):
-    """Resolve, load and place the DiT and VAE; returns (UpscaleModels, block-swap handle or None)."""
-    from .dit import load_dit
-    from .text_embeds import load_pos_emb
-    from .vae import load_vae
-
-    paths = resolve_models(args.dit, args.vae, args.models_dir, download=not args.no_download)
-    dtype = _compute_dtype(args.dtype, device)
-    # DiT storage: 16-bit compute stores 16-bit weights (an fp32 .pth halves); fp32 compute keeps the
-    # file's dtype and upcasts per layer, so a 16-bit file is not doubled in RAM. fp8 stays fp8.
-    storage = dtype if dtype.itemsize == 2 else None
-    dit = load_dit(paths.dit.path, device="cpu", dtype=storage, compute_dtype=dtype, attention=args.attention)
-    vae = load_vae(paths.vae.path, device="cpu", dtype=dtype)  # the VAE computes in its weights' dtype
-    pos_emb = load_pos_emb(paths.pos_emb)
-    handle = None
-    if device.type == "cuda":
+def load_models(args: argparse.Namespace, device: torch.device) -> tuple[UpscaleModels, LoadedDiT]:
+    """Resolve, load and place the DiT and VAE (block swap places the DiT on CUDA)."""
+    block_swap = None
+    if device.type == "cuda" or args.blocks_to_swap or args.swap_io_components:
         import blockswap
 
-        config = blockswap.BlockSwapConfig(
+        block_swap = blockswap.BlockSwapConfig(
             blocks_to_swap=args.blocks_to_swap, swap_io_components=args.swap_io_components,
             prefetch_blocks=args.prefetch_blocks, pin_memory=args.pin_memory, placement=args.swap_placement)
-        handle = blockswap.apply_block_swap(dit, config, device)
-        dit_placement = handle
-    else:
-        if args.blocks_to_swap or args.swap_io_components:
-            log.warning("block swap needs a CUDA device; on %s the whole DiT is used in place", device)
-        dit_placement = ModulePlacement(dit, device)
+    download = not args.no_download
+    dit = load_dit_model(args.dit, args.models_dir, device=device, dtype=args.dtype, attention=args.attention,
+                         block_swap=block_swap, download=download)
     tiling = VAETiling(args.vae_tile_size or None, args.vae_tile_overlap, args.vae_chunk_frames or None)
-    models = UpscaleModels(dit, vae, pos_emb, device, dit_placement, ModulePlacement(vae, device), tiling)
-    return models, handle
-
-
-def _compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return DTYPES[name]
-    if device.type == "cuda":
-        from .dit import default_compute_dtype
-
-        return default_compute_dtype(device)
-    return torch.float32  # CPU: fp32 is the fast, exact path; bf16 convs are slow there
+    vae = load_vae_model(args.vae, args.models_dir, device=device, dtype=args.dtype, tiling=tiling, download=download)
+    return upscale_models(dit, vae), dit
 
 
 def _default_output(path: Path) -> Path:

@@ -1,0 +1,126 @@
+"""SeedVR2 DiT and VAE loader nodes. The DiT loader applies the BlockSwap Config through
+`blockswap`: no weight reaches the GPU at load; blocks move on first use (swapped ones per use)."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+
+from ..seedvr2.checkpoint import CheckpointError
+from ..seedvr2.loaders import DTYPES, load_dit_model, load_vae_model
+from ..seedvr2.models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError, expect_kind, find_model_file, inspect_checkpoint
+from ..seedvr2.pipeline import VAETiling
+from ..seedvr2.vae import DEFAULT_CHUNK_FRAMES, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE
+from . import model_folder
+from .types import CATEGORY, NODE_PREFIX, BlockSwapConfigType, DiTType, VAEType
+
+DTYPE_OPTIONS = ["auto", *DTYPES]
+DTYPE_TOOLTIP = ("Compute precision. auto: bf16 on GPUs that have it (RTX 30xx and newer), fp16 on older GPUs, "
+                 "fp32 on CPU. fp8 checkpoints stay fp8 in memory either way and are upcast layer by layer.")
+
+
+def device_options() -> list[str]:
+    return ["auto", "cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+
+
+def resolve_device(name: str) -> torch.device:
+    return mm.get_torch_device() if name == "auto" else torch.device(name)
+
+
+def model_input(kind: str, default: str, what: str) -> io.Combo.Input:
+    options = model_folder.choices(kind)
+    return io.Combo.Input(
+        "model", options=options, default=default if default in options else (options[0] if options else None),
+        tooltip=(f"{what} file in ComfyUI/models/SEEDVR2 (or a 'seedvr2:' folder of extra_model_paths.yaml). "
+                 "Known files that are not there yet download from Hugging Face on first use."))
+
+
+def check_model_file(model: str, kind: str) -> bool | str:
+    """Queue-time check of a local model file's kind (reads the header only); True when fine."""
+    path = find_model_file(model, model_folder.model_dirs())
+    if path is None:
+        return True  # a known name downloads on execution; an unknown one fails there with its message
+    try:
+        layout = inspect_checkpoint(path)
+        if kind == "vae" and layout.kind == "dit" and layout.has_vae:
+            return True
+        expect_kind(layout, kind)
+    except (CheckpointError, ModelFileError, ValueError) as exc:
+        return f"model: {exc}"
+    return True
+
+
+class LoadDiTNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{NODE_PREFIX}LoadDiT",
+            display_name="SeedVR2 Load DiT (BlockSwap)",
+            category=CATEGORY,
+            description=("Loads the SeedVR2 3B or 7B diffusion transformer into system RAM. Nothing goes to the GPU "
+                         "here: blocks move there when first used, and with a BlockSwap Config the swapped blocks "
+                         "stream in for each use, so the model fits GPUs far smaller than it."),
+            inputs=[
+                model_input("dit", DEFAULT_DIT, "DiT (seedvr2_ema_3b/7b ...)"),
+                io.Combo.Input("device", options=device_options(), default="auto",
+                               tooltip="GPU to run on (auto: ComfyUI's device). The VAE runs on the same device."),
+                io.Combo.Input("dtype", options=DTYPE_OPTIONS, default="auto", tooltip=DTYPE_TOOLTIP),
+                io.Combo.Input("attention", options=["sdpa", "flash_attn"], default="sdpa",
+                               tooltip="sdpa: PyTorch attention, works everywhere. flash_attn: needs the flash-attn "
+                                       "package; the official numerics (bf16 attention)."),
+                BlockSwapConfigType.Input(
+                    "block_swap_config", optional=True,
+                    tooltip="From a SeedVR2 BlockSwap Config node, for GPUs smaller than the model. Without it "
+                            "every block moves to the GPU on first use and stays."),
+            ],
+            outputs=[DiTType.Output(display_name="dit", tooltip="Connect to SeedVR2 Upscale.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model: str) -> bool | str:
+        return check_model_file(model, "dit")
+
+    @classmethod
+    def execute(cls, model: str, device: str, dtype: str, attention: str,
+                block_swap_config: dict | None = None) -> io.NodeOutput:
+        dit = load_dit_model(model, model_folder.download_dir(), device=resolve_device(device), dtype=dtype,
+                             attention=attention, block_swap=block_swap_config, extra_dirs=model_folder.model_dirs())
+        return io.NodeOutput(dit)
+
+
+class LoadVAENode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{NODE_PREFIX}LoadVAE",
+            display_name="SeedVR2 Load VAE",
+            category=CATEGORY,
+            description=("Loads the SeedVR2 causal video VAE. It dominates VRAM at high resolution; tiling bounds "
+                         "it to about one tile's worth whatever the frame size."),
+            inputs=[
+                model_input("vae", DEFAULT_VAE, "VAE (ema_vae ...)"),
+                io.Combo.Input("dtype", options=DTYPE_OPTIONS, default="auto", tooltip=DTYPE_TOOLTIP),
+                io.Int.Input("tile_size", default=DEFAULT_TILE_SIZE, min=0, max=4096, step=16,
+                             tooltip="VAE tile size in pixels; 0 = whole frames (fastest, needs ~16 GB per output "
+                                     "megapixel). 512 keeps decode near 2 GB; lower it on 6-8 GB GPUs."),
+                io.Int.Input("tile_overlap", default=DEFAULT_TILE_OVERLAP, min=0, max=512, step=8,
+                             tooltip="Pixels shared and blended between neighbouring tiles; more hides seams better "
+                                     "at some extra time. 64 is a good default."),
+                io.Int.Input("chunk_frames", default=DEFAULT_CHUNK_FRAMES, min=0, max=128, step=4,
+                             tooltip="Frames per causal VAE chunk (multiple of 4, exact); 0 = the whole batch "
+                                     "at once (more memory)."),
+            ],
+            outputs=[VAEType.Output(display_name="vae", tooltip="Connect to SeedVR2 Upscale.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model: str) -> bool | str:
+        return check_model_file(model, "vae")
+
+    @classmethod
+    def execute(cls, model: str, dtype: str, tile_size: int, tile_overlap: int, chunk_frames: int) -> io.NodeOutput:
+        tiling = VAETiling(tile_size or None, tile_overlap, chunk_frames or None)
+        vae = load_vae_model(model, model_folder.download_dir(), device=mm.get_torch_device(), dtype=dtype,
+                             tiling=tiling, extra_dirs=model_folder.model_dirs())
+        return io.NodeOutput(vae)

@@ -1,0 +1,92 @@
+"""The SeedVR2 upscaler node: IMAGE (frames) in, IMAGE out, through `seedvr2.upscale`."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ..seedvr2.batching import plan_batches
+from ..seedvr2.color import COLOR_CORRECTIONS
+from ..seedvr2.loaders import LoadedDiT, LoadedVAE, upscale_models
+from ..seedvr2.pipeline import UpscaleInputError, UpscaleSettings, upscale, validate_upscale_inputs
+from ..seedvr2.pipeline.settings import MAX_SEED
+from .types import CATEGORY, NODE_PREFIX, DiTType, VAEType
+
+log = logging.getLogger("seedvr2")
+PHASES = ("encode", "dit", "decode")
+
+
+class UpscaleNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{NODE_PREFIX}Upscale",
+            display_name="SeedVR2 Upscale (BlockSwap)",
+            category=CATEGORY,
+            description=("One-step SeedVR2 upscaling of an image or a video (frames as an IMAGE batch). Runs VAE "
+                         "encode, the DiT and VAE decode over all batches in turn, so only one model is on the GPU "
+                         "at a time. RGBA in gives RGBA out."),
+            inputs=[
+                DiTType.Input("dit", tooltip="From SeedVR2 Load DiT."),
+                VAEType.Input("vae", tooltip="From SeedVR2 Load VAE."),
+                io.Image.Input("image", tooltip="Frames to upscale: one image, or a video's frames as a batch."),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
+                             tooltip="Noise seed. The same seed gives the same result on any GPU."),
+                io.Int.Input("resolution", default=1080, min=16, max=16384, step=2,
+                             tooltip="Output short side in pixels (e.g. 1080 for 1920x1080 from 16:9); "
+                                     "the aspect ratio is kept and the output is exactly this size."),
+                io.Int.Input("max_resolution", default=0, min=0, max=16384, step=2,
+                             tooltip="Cap on the output long side in pixels, 0 = no cap. Useful for tall or "
+                                     "panoramic inputs."),
+                io.Int.Input("batch_size", default=5, min=1, max=1001, step=4,
+                             tooltip="Frames per model call, 4n+1 (1, 5, 9, ... 21, ...). More frames: steadier "
+                                     "video and faster per frame, more memory. Use 1 for single images."),
+                io.Int.Input("temporal_overlap", default=0, min=0, max=1000,
+                             tooltip="Frames shared by consecutive batches and crossfaded, to hide batch "
+                                     "boundaries in video (e.g. 2-4). Must be smaller than batch_size."),
+                io.Combo.Input("color_correction", options=list(COLOR_CORRECTIONS), default="wavelet",
+                               tooltip="Match colours to the input: wavelet (official), adain (global statistics), "
+                                       "lab (per-channel in Lab space), none."),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="Upscaled frames, same count as the input.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, resolution: int | None, max_resolution: int | None, batch_size: int | None,
+                        temporal_overlap: int | None, seed: int | None) -> bool | str:
+        # Linked inputs arrive as None (unknown until run); the rest are checked like the pipeline does.
+        values = dict(resolution=resolution, max_resolution=max_resolution, batch_size=batch_size,
+                      temporal_overlap=temporal_overlap, seed=seed)
+        defaults = UpscaleSettings()
+        try:
+            UpscaleSettings(**{k: getattr(defaults, k) if v is None else v for k, v in values.items()})
+        except UpscaleInputError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def execute(cls, dit: LoadedDiT, vae: LoadedVAE, image: torch.Tensor, seed: int, resolution: int,
+                max_resolution: int, batch_size: int, temporal_overlap: int, color_correction: str) -> io.NodeOutput:
+        settings = UpscaleSettings(resolution=resolution, max_resolution=max_resolution, batch_size=batch_size,
+                                   temporal_overlap=temporal_overlap, color_correction=color_correction, seed=seed)
+        validate_upscale_inputs(image, settings)  # before touching the GPU
+        if dit.device.type == "cuda":
+            mm.unload_all_models()  # ComfyUI's own models off the GPU: ours take turns on it
+            mm.soft_empty_cache()
+        steps = len(plan_batches(image.shape[0], batch_size, temporal_overlap))
+        bar = comfy.utils.ProgressBar(len(PHASES) * steps)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            bar.update_absolute(PHASES.index(phase) * total + done, len(PHASES) * total)
+
+        out = upscale(image, upscale_models(dit, vae), settings, progress=progress,
+                      check_interrupt=mm.throw_exception_if_processing_interrupted)
+        if dit.block_swap is not None and dit.block_swap.active:
+            log.info("SeedVR2 %s", dit.block_swap.stats().summary())
+        mm.soft_empty_cache()
+        dtype = getattr(mm, "intermediate_dtype", lambda: torch.float32)()  # ComfyUI >= 0.4 has it
+        return io.NodeOutput(out.to(mm.intermediate_device(), dtype))

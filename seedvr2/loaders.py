@@ -1,0 +1,118 @@
+"""Load the models for a run, placed for their device: what the CLI and the ComfyUI loader nodes share.
+
+`load_dit_model` finds (or downloads) the DiT file, checks it is a DiT, loads it on the host and,
+on CUDA, hands placement to `blockswap` so that no weight touches the GPU before it is used (all
+blocks stay in host memory until their first forward; swapped blocks are streamed per use).
+`load_vae_model` does the same for the VAE, which moves whole (it is small) in its phases.
+
+Host RAM: one copy of each model's weights (the loaders read files without a second copy; block
+swap packs the DiT into its host masters block by block, so that adds one block transiently).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import ensure_model_file, expect_kind, inspect_checkpoint, resolve_pos_emb
+from .pipeline import UpscaleModels, VAETiling
+from .placement import ModulePlacement, Placement
+from .text_embeds import load_pos_emb
+
+log = logging.getLogger("seedvr2")
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class LoadedDiT:
+    """A DiT ready to run: the module, who places it (block swap on CUDA), its text embedding."""
+
+    module: nn.Module
+    placement: Placement
+    pos_emb: torch.Tensor
+    device: torch.device
+    path: Path
+    block_swap: Any = None  # the blockswap handle when block swap manages placement
+
+    def release(self) -> None:
+        """Give the model back: block swap removed (weights stay on the host)."""
+        if self.block_swap is not None:
+            self.block_swap.remove()
+
+
+@dataclass
+class LoadedVAE:
+    module: nn.Module
+    path: Path
+    tiling: VAETiling
+
+
+def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto": bf16 on CUDA (fp16 on GPUs without bf16), fp32 on CPU (bf16 convolutions are slow there)."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
+        return DTYPES[name]
+    if device.type == "cuda":
+        from .dit import default_compute_dtype
+
+        return default_compute_dtype(device)
+    return torch.float32
+
+
+def load_dit_model(name: str, models_dir: str | os.PathLike, *, device: torch.device | str, dtype: str = "auto",
+                   attention: str = "sdpa", block_swap: Any = None, download: bool = True,
+                   extra_dirs: Iterable[str | os.PathLike] = ()) -> LoadedDiT:
+    """Load DiT `name` (a file in `models_dir`/`extra_dirs`, a path, or a known downloadable name).
+
+    block_swap: a `blockswap.BlockSwapConfig` (or its dict). On CUDA the DiT is always placed by
+    block swap (with 0 blocks swapped when None), so loading never puts weights on the GPU; on a
+    CPU or MPS device a given config is a logged no-op and the module is used in place.
+    """
+    from .dit import load_dit
+
+    device = torch.device(device)
+    extra_dirs = list(extra_dirs)
+    layout = inspect_checkpoint(ensure_model_file(name, models_dir, download=download, extra_dirs=extra_dirs))
+    expect_kind(layout, "dit")
+    dt = compute_dtype(dtype, device)
+    # 16-bit compute stores 16-bit weights (an fp32 .pth halves in RAM); fp32 compute keeps the file's
+    # dtype and upcasts per layer, so a 16-bit file is not doubled. fp8 always stays fp8.
+    storage = dt if dt.itemsize == 2 else None
+    module = load_dit(layout.path, device="cpu", dtype=storage, compute_dtype=dt, attention=attention)
+    pos_emb = load_pos_emb(resolve_pos_emb(layout, models_dir, download=download, extra_dirs=extra_dirs))
+    handle = None
+    if device.type == "cuda" or block_swap is not None:
+        import blockswap
+
+        handle = blockswap.apply_block_swap(module, blockswap.BlockSwapConfig.coerce(block_swap), device)
+    placement = handle if handle is not None and handle.active else ModulePlacement(module, device)
+    return LoadedDiT(module, placement, pos_emb, device, layout.path, handle)
+
+
+def load_vae_model(name: str, models_dir: str | os.PathLike, *, device: torch.device | str, dtype: str = "auto",
+                   tiling: VAETiling | None = None, download: bool = True,
+                   extra_dirs: Iterable[str | os.PathLike] = ()) -> LoadedVAE:
+    """Load VAE `name` (or the VAE inside an all-in-one DiT file) on the host, in the compute dtype
+    of `device` (the VAE computes in its weights' dtype)."""
+    from .vae import load_vae
+
+    layout = inspect_checkpoint(ensure_model_file(name, models_dir, download=download, extra_dirs=list(extra_dirs)))
+    if layout.kind == "dit" and layout.has_vae:
+        layout = layout.embedded_vae()
+    expect_kind(layout, "vae")
+    module = load_vae(layout.path, device="cpu", dtype=compute_dtype(dtype, torch.device(device)))
+    return LoadedVAE(module, layout.path, tiling or VAETiling())
+
+
+def upscale_models(dit: LoadedDiT, vae: LoadedVAE) -> UpscaleModels:
+    """What `seedvr2.upscale` needs: both models on the DiT's device, one at a time."""
+    return UpscaleModels(dit.module, vae.module, dit.pos_emb, dit.device, dit.placement,
+                         ModulePlacement(vae.module, dit.device), vae.tiling)
