@@ -6,9 +6,9 @@ chunking; "untiled" is ``tile_size=None``. Every scenario runs in a fresh subpro
 peak RSS (``ru_maxrss``) is its own; on CUDA one process measures ``max_memory_allocated``.
 "Working" memory is the peak minus what was resident before the decode (weights, input).
 
-    python bench/vae_tiling.py                       # CPU, fp32, 256^2 and 512^2, tile 288
-    python bench/vae_tiling.py --device cuda          # bf16, peak VRAM, same table
-    python bench/vae_tiling.py --device cuda --sizes 512 1024 --tile 512 --latent-frames 3
+    python bench/vae_tiling.py                        # CPU, fp32, 256^2 and 512^2, tile 288, 1 frame
+    python bench/vae_tiling.py --device cuda           # bf16, peak VRAM, same sizes, 5 frames
+    python bench/vae_tiling.py --device cuda --sizes 512 1024 --tile 512 --cache-device cpu
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def run_scenario(args: argparse.Namespace) -> dict:
     latent = args.size // 8
     z = torch.randn(1, 16, args.latent_frames, latent, latent, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     tile = args.tile if args.tiled else None
-    kwargs = dict(tile_size=tile, tile_overlap=args.overlap, chunk_frames=args.chunk_frames)
+    kwargs = dict(tile_size=tile, tile_overlap=args.overlap, chunk_frames=args.chunk_frames,
+                  cache_device=args.cache_device)
     if device.type == "cuda":
         vae.decode(z[:, :, :1, :8, :8], **kwargs)  # warm-up: cuDNN algorithm selection
         torch.cuda.synchronize()
@@ -97,6 +98,8 @@ def measure(args: argparse.Namespace, size: int, tiled: bool) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--size", str(size), "--device", args.device, "--dtype", args.dtype,
            "--tile", str(args.tile), "--overlap", str(args.overlap), "--latent-frames", str(args.latent_frames),
            "--chunk-frames", str(args.chunk_frames)] + (["--tiled"] if tiled else [])
+    if args.cache_device:
+        cmd += ["--cache-device", args.cache_device]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -108,13 +111,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs=2, default=[256, 512], help="two square output frame sizes, px")
     parser.add_argument("--tile", type=int, default=288, help="tile_size, output px (288: 512 px splits into 2x2)")
     parser.add_argument("--overlap", type=int, default=DEFAULT_TILE_OVERLAP, help="tile_overlap, output px")
-    parser.add_argument("--latent-frames", type=int, default=2, help="latent frames (2 -> 5 output frames)")
+    parser.add_argument("--latent-frames", type=int, help="latent frames (default 2 -> 5 output frames, a full "
+                        "4-frame chunk after the first frame; on CPU 1 -> a single frame, to keep the run to minutes)")
     parser.add_argument("--chunk-frames", type=int, default=4, help="output frames per temporal chunk")
+    parser.add_argument("--cache-device", help="where the causal state between chunks lives (default: compute device)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tiled", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    args.latent_frames = args.latent_frames or (2 if args.device == "cuda" else 1)
     if args.worker:
         print(json.dumps(run_scenario(args)))
         return
@@ -126,7 +132,8 @@ def main() -> None:
     print(f"SeedVR2 VAE decode, real channels, random weights | {name}, {args.dtype}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"latent frames {args.latent_frames} -> {4 * (args.latent_frames - 1) + 1} output frames, chunk "
-          f"{args.chunk_frames} frames | tiled: tile {args.tile} px, overlap {args.overlap} px")
+          f"{args.chunk_frames} frames, causal state on {args.cache_device or 'the compute device'} | tiled: tile "
+          f"{args.tile} px, overlap {args.overlap} px")
     print(f"{memory} in GiB as total (working = total minus weights and input before the decode)")
     header = (f"{'frame':>9} | {'untiled total':>13} {'working':>8} | {'tiles':>5} {'tile px':>7} {'tiled total':>11} "
               f"{'working':>8} | {'untiled s':>9} {'tiled s':>8} {'ratio':>6} {'px ratio':>8}")

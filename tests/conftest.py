@@ -25,6 +25,12 @@ def golden_dir(reference_dir: Path) -> Path:
     return reference_dir / "golden"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # The suite runs tiny models: extra intra-op threads only add contention on a small CI box.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

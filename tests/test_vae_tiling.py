@@ -132,8 +132,9 @@ def _max_jump_over_range(diff: torch.Tensor, ramp: int) -> float:
     a linear blend over ``ramp`` columns makes between the two tiles."""
     steps = (diff[..., 1:] - diff[..., :-1]).abs().amax(dim=(3, 4))  # per b, c, t
     spread = diff.amax(dim=(3, 4)) - diff.amin(dim=(3, 4))  # tile-to-tile difference, per b, c, t
-    assert spread.min() > 1e-3  # the stand-in really makes the tiles disagree
-    return float((steps / (spread / ramp)).max())
+    clear = spread > 0.02  # where the tiles disagree well above float rounding
+    assert clear.float().mean() > 0.5
+    return float((steps[clear] / (spread[clear] / ramp)).max())
 
 
 def _hard_cut(length: int) -> torch.Tensor:
@@ -146,10 +147,11 @@ def test_per_tile_drift_is_blended_without_a_seam(overlap, monkeypatch):
     # ramp it changes by at most (difference / ramp) between neighbouring columns; a hard cut (a
     # seam) jumps by the whole difference at once, i.e. `ramp` times more.
     vae = _vae_with(LocalEncoder(drift=0.5), LocalDecoder(drift=0.5))
-    x = torch.rand(1, 3, 5, 64, 104, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    # a left-to-right brightness ramp, so the two tiles' statistics differ clearly
+    x = torch.rand(1, 3, 5, 64, 104, generator=torch.Generator().manual_seed(2)) - 0.5 + torch.linspace(-0.5, 0.5, 104)
     z = vae.encode(x, tile_size=None).mean
-    kwargs = dict(tile_size=64, tile_overlap=overlap)
-    assert len(split_axis(104 // 8, 64 // 8, overlap // 8)) == 2 and len(split_axis(64 // 8, 64 // 8, overlap // 8)) == 1
+    kwargs = dict(tile_size=72, tile_overlap=overlap)
+    assert len(split_axis(104 // 8, 72 // 8, overlap // 8)) == 2 and len(split_axis(64 // 8, 72 // 8, overlap // 8)) == 1
 
     def jumps() -> tuple[float, float]:
         enc = vae.encode(x, **kwargs).mean - vae.encode(x, tile_size=None).mean

@@ -20,10 +20,11 @@ class CausalCache:
     An empty cache means "first chunk": convs pad with the repeated first frame and the decoder's
     temporal upsamplers drop the duplicated first frame. Memory: for each conv with ``k_t > s_t``,
     ``k_t - s_t`` frames of its input (2 for the 3x3x3 convs), at the chunk's spatial size; for the
-    SeedVR2 decoder that is about 4300 channel-frames per output pixel, more than a chunk's working
-    set. With ``device`` (e.g. ``"cpu"``, the official ``memory_device``), tails are parked there
-    (pinned when they come from CUDA) and each is moved back just before its conv runs, so only one
-    conv's tail at a time occupies the compute device.
+    SeedVR2 decoder that is about 4300 channel-frames per output pixel (encoder: 1900 per input
+    pixel), more than a 4-frame chunk's own working set. With ``device`` (e.g. ``"cpu"``, the
+    official ``memory_device``), tails are parked there (pinned when they come from CUDA) and each
+    is moved back just before its conv runs, so only one conv's tail at a time occupies the compute
+    device. Copies are asynchronous; stream order keeps them correct.
     """
 
     def __init__(self, device: torch.device | str | None = None) -> None:

@@ -15,6 +15,14 @@ spatial tiling; ``chunk_frames=None`` runs the whole clip at once (the official 
 Chunking is exact; tiling is not, because each tile normalises (GroupNorm per frame) and attends
 (mid block) over its own pixels only. The blended overlaps hide the difference.
 
+What a tile costs (tensor accounting of the real VAE at 4-frame chunks, bf16; cuDNN workspace
+comes on top): decode ~13.6 KB per output pixel of the tile (a 512x512 tile ~3.3 GiB), encode
+~7.4 KB per input pixel (~1.9 GiB). About 60 % (decode) and 50 % (encode) of that is the causal
+state carried between chunks; ``cache_device="cpu"`` keeps it in pinned host RAM instead (the
+official ``memory_device``), leaving ~1.2 GiB / ~0.9 GiB on the GPU for a 512x512 tile, at the cost
+of moving the state to and from the GPU once per chunk. ``tile_overlap`` costs time, not memory:
+the tiles compute ``(1 + (n - 1) * overlap / size)`` times the pixels per axis for n tiles.
+
 Compute runs on the device and in the dtype of the weights (choose them at load time: bf16 is
 what the official run uses); norms are computed in fp32. Inputs and outputs may live elsewhere,
 e.g. on the CPU: each tile chunk is moved to the compute device as it is needed.
@@ -36,7 +44,7 @@ from .tiling import ProgressCallback, TilePlan, TimeChunk, frames_of, latent_chu
 LATENT_SCALE = 0.9152
 LATENT_SHIFT = 0.0
 
-DEFAULT_TILE_SIZE = 512  # pixels; one 512x512 tile chunk decodes in ~2 GiB in bf16 (bench/vae_tiling.py)
+DEFAULT_TILE_SIZE = 512  # pixels; see "Memory" above for what a tile costs
 DEFAULT_TILE_OVERLAP = 64  # pixels; 8 latent cells of blending between neighbouring tiles
 DEFAULT_CHUNK_FRAMES = 4  # frames per temporal chunk, the official causal slicing (split_size 4)
 MIN_TILE_SIZE = 32  # pixels
