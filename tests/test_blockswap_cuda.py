@@ -89,3 +89,19 @@ def test_offload_returns_the_weights_memory():
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= base
     handle.remove()
+
+
+def test_past_the_pin_budget_blocks_are_staged_and_still_exact(monkeypatch, caplog):
+    import blockswap.engine
+
+    ref, model = pair()
+    block = sum(t.numel() * t.element_size() for t in model.blocks[0].state_dict().values())
+    monkeypatch.setattr(blockswap.engine, "default_pin_budget", lambda: 3 * block)
+    handle = apply_block_swap(model, BlockSwapConfig(blocks_to_swap=12, prefetch_blocks=2), "cuda")
+    stats = handle.stats()
+    assert stats.copy_mode == "pinned+staged" and 0 < stats.pinned_bytes <= 3 * block
+    assert "not pinned (the pin budget" in caplog.text
+    with torch.inference_mode():
+        for seed in range(3):
+            assert torch.equal(model(*cuda_inputs(seed)), ref(*cuda_inputs(seed)))
+    handle.remove()
