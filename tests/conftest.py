@@ -35,3 +35,9 @@ def _one_thread():
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module", params=["3b", "7b"])
+def family(request) -> str:
+    """The two SeedVR2 DiT families (golden fixtures `dit3b_tiny_*`, `dit7b_tiny_*`)."""
+    return request.param

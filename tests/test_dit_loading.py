@@ -23,19 +23,6 @@ from seedvr2.dit import load_dit
 FP8 = torch.float8_e4m3fn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", params=["3b", "7b"])
-def family(request) -> str:
-    return request.param
-
-
 @pytest.fixture(scope="module")
 def weights(golden_dir, family) -> dict[str, torch.Tensor]:
     return load_file(golden_dir / f"dit{family}_tiny_weights.safetensors")

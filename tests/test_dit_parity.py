@@ -14,21 +14,6 @@ from seedvr2.dit import load_dit
 
 FP32_ATOL = 1e-4
 FLASH_EMUL_ATOL = 2e-2
-FAMILIES = ("3b", "7b")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: threads only add contention on a shared CI box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request) -> str:
-    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,6 @@ from seedvr2.dit import load_dit
 IO_MODULES = ("vid_in", "txt_in", "emb_in", "vid_out", "vid_out_norm", "vid_out_ada")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", params=["3b", "7b"])
-def family(request) -> str:
-    return request.param
-
-
 @pytest.fixture()
 def model(golden_dir, family):
     return load_dit(golden_dir / f"dit{family}_tiny_weights.safetensors", compute_dtype=torch.float32)
