@@ -47,7 +47,7 @@ def check_model_file(model: str, kind: str) -> bool | str:
             return True
         expect_kind(layout, kind)
     except (CheckpointError, ModelFileError, ValueError) as exc:
-        return f"model: {exc}"
+        return str(exc)  # ComfyUI shows it under the input name ("model - ...")
     return True
 
 

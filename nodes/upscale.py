@@ -56,14 +56,14 @@ class UpscaleNode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, resolution: int | None, max_resolution: int | None, batch_size: int | None,
-                        temporal_overlap: int | None, seed: int | None) -> bool | str:
-        # Linked inputs arrive as None (unknown until run); the rest are checked like the pipeline does.
-        values = dict(resolution=resolution, max_resolution=max_resolution, batch_size=batch_size,
-                      temporal_overlap=temporal_overlap, seed=seed)
-        defaults = UpscaleSettings()
+    def validate_inputs(cls, batch_size: int | None, temporal_overlap: int | None) -> bool | str:
+        # Only what widget min/max cannot express (4n+1, overlap < batch_size); naming an input here
+        # skips ComfyUI's own range check for it, so the pipeline's check covers it instead.
+        # Linked inputs arrive as None (unknown until the run, checked then).
+        if batch_size is None:
+            return True
         try:
-            UpscaleSettings(**{k: getattr(defaults, k) if v is None else v for k, v in values.items()})
+            UpscaleSettings(batch_size=batch_size, temporal_overlap=temporal_overlap or 0)
         except UpscaleInputError as exc:
             return str(exc)
         return True

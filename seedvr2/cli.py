@@ -144,11 +144,9 @@ def load_models(args: argparse.Namespace, device: torch.device) -> tuple[Upscale
     """Resolve, load and place the DiT and VAE (block swap places the DiT on CUDA)."""
     block_swap = None
     if device.type == "cuda" or args.blocks_to_swap or args.swap_io_components:
-        import blockswap
-
-        block_swap = blockswap.BlockSwapConfig(
-            blocks_to_swap=args.blocks_to_swap, swap_io_components=args.swap_io_components,
-            prefetch_blocks=args.prefetch_blocks, pin_memory=args.pin_memory, placement=args.swap_placement)
+        block_swap = dict(blocks_to_swap=args.blocks_to_swap, swap_io_components=args.swap_io_components,
+                          prefetch_blocks=args.prefetch_blocks, pin_memory=args.pin_memory,
+                          placement=args.swap_placement)
     download = not args.no_download
     dit = load_dit_model(args.dit, args.models_dir, device=device, dtype=args.dtype, attention=args.attention,
                          block_swap=block_swap, download=download)

@@ -20,6 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+try:  # inside the ComfyUI pack, `blockswap` is our sibling package (the pack folder is not on sys.path)
+    from .. import blockswap
+except ImportError:  # `seedvr2` imported from the repository root (CLI, tests, benchmarks)
+    import blockswap
+
 from .models import ensure_model_file, expect_kind, inspect_checkpoint, resolve_pos_emb
 from .pipeline import UpscaleModels, VAETiling
 from .placement import ModulePlacement, Placement
@@ -90,8 +95,6 @@ def load_dit_model(name: str, models_dir: str | os.PathLike, *, device: torch.de
     pos_emb = load_pos_emb(resolve_pos_emb(layout, models_dir, download=download, extra_dirs=extra_dirs))
     handle = None
     if device.type == "cuda" or block_swap is not None:
-        import blockswap
-
         handle = blockswap.apply_block_swap(module, blockswap.BlockSwapConfig.coerce(block_swap), device)
     placement = handle if handle is not None and handle.active else ModulePlacement(module, device)
     return LoadedDiT(module, placement, pos_emb, device, layout.path, handle)

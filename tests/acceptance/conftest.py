@@ -1,0 +1,197 @@
+"""Session fixtures of the acceptance suite: a real ComfyUI (0.3.75 from PyPI) with this pack in
+`custom_nodes/`, tiny random-weight models in its model folder, started once per run.
+
+Off by default: a plain `python -m pytest` skips these tests with the reason. Enable them with
+`python -m pytest -m acceptance` (any -m expression that names `acceptance` without `not`) or
+`SEEDVR2_ACCEPTANCE=1`. The set-up (`.ci/setup_comfyui.sh`, cached under
+`${TMPDIR:-/tmp}/seedvr2-acceptance/`) runs from the first test that needs the server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from . import media
+from .harness import ComfyServer
+from .ui_to_api import convert
+from .workflow import SMALL, is_video, served_examples
+
+REPO = Path(__file__).resolve().parents[2]
+SETUP_SCRIPT = REPO / ".ci" / "setup_comfyui.sh"
+PACK_FOLDER = "ComfyUI-SeedVR2-BlockSwap"  # what a user's `git clone` into custom_nodes/ gives
+ACCEPTANCE_HELP = ("acceptance tests drive a real ComfyUI server (set-up ~3 min cold, ~5 s cached); "
+                   "run them with `python -m pytest -m acceptance` or SEEDVR2_ACCEPTANCE=1")
+
+
+def acceptance_enabled(config: pytest.Config) -> bool:
+    if os.environ.get("SEEDVR2_ACCEPTANCE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    markexpr = config.getoption("markexpr", "") or ""
+    return bool(re.search(r"(?<!not )\bacceptance\b", markexpr))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if acceptance_enabled(config):
+        return
+    skip = pytest.mark.skip(reason=ACCEPTANCE_HELP)
+    for item in items:
+        if "acceptance" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """A failing acceptance test carries the server log's tail in its report."""
+    outcome = yield
+    report = outcome.get_result()
+    server = item.funcargs.get("comfy") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(server, ComfyServer):
+        report.sections.append(("ComfyUI server log (tail)", server.log_tail(80)))
+
+
+# ------------------------------------------------------------------------------------------------
+# The report printed at the end of the run (nodes seen, timings, RSS), for CI logs and notes.
+
+@dataclass
+class AcceptanceReport:
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        self.lines.append(text)
+
+
+_REPORT = AcceptanceReport()
+
+
+@pytest.fixture(scope="session")
+def acceptance_report() -> AcceptanceReport:
+    return _REPORT
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if _REPORT.lines:
+        terminalreporter.section("SeedVR2 acceptance report")
+        for line in _REPORT.lines:
+            terminalreporter.write_line(line)
+
+
+# ------------------------------------------------------------------------------------------------
+# ComfyUI set-up and server.
+
+@dataclass(frozen=True)
+class ComfyInstall:
+    tree: Path  # pristine ComfyUI tree (never modified by tests)
+    python: Path  # its venv's python
+
+
+@pytest.fixture(scope="session")
+def comfy_install(acceptance_report: AcceptanceReport) -> ComfyInstall:
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(SETUP_SCRIPT)], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        pytest.fail(f"{SETUP_SCRIPT.name} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                    f"{proc.stderr[-4000:]}", pytrace=False)
+    values = dict(line.split("=", 1) for line in proc.stdout.splitlines() if line.startswith("SEEDVR2_COMFYUI_"))
+    install = ComfyInstall(Path(values["SEEDVR2_COMFYUI_DIR"]), Path(values["SEEDVR2_COMFYUI_PYTHON"]))
+    did = [line.removeprefix("setup_comfyui: ") for line in proc.stdout.splitlines()
+           if line.startswith("setup_comfyui: ") and ("up to date" in line or "built" in line or "laid out" in line)]
+    acceptance_report.add(f"set-up: {time.monotonic() - t0:.0f}s ({'; '.join(did)})")
+    return install
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    folder: Path  # models/SEEDVR2 of the ComfyUI copy
+    dit: str  # file names as the loaders' combos list them
+    vae: str
+    embedding: str  # text embedding beside the DiT (not a model choice)
+    extra_folder: Path  # a second folder registered via extra_model_paths.yaml
+    extra_dit: str
+
+
+def _write_models(folder: Path) -> tuple[str, str, str]:
+    """Tiny random-weight DiT and VAE checkpoints plus the text embedding beside the DiT, as a
+    user has them in models/SEEDVR2. Returns the (dit, vae, embedding) file names."""
+    from tests import tiny_models  # noqa: PLC0415  (imports torch and the seedvr2 package)
+
+    written = tiny_models.write_tiny_models(folder)
+    return written.dit.name, written.vae.name, written.pos_emb.name
+
+
+@pytest.fixture(scope="session")
+def comfy_root(comfy_install: ComfyInstall, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh copy of the ComfyUI tree for this run, with the pack linked into custom_nodes/."""
+    root = tmp_path_factory.mktemp("comfyui") / "ComfyUI"
+    shutil.copytree(comfy_install.tree, root, symlinks=True)
+    (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_files(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
+    folder = comfy_root / "models" / "SEEDVR2"
+    folder.mkdir(parents=True, exist_ok=True)
+    dit, vae, emb = _write_models(folder)
+    # Not a model: the loaders' combos must not list it.
+    (folder / "README.txt").write_text("tiny random-weight checkpoints for the acceptance suite\n")
+    # A second model folder, as users register one in extra_model_paths.yaml (before the pack imports).
+    extra = tmp_path_factory.mktemp("extra_models")
+    (extra / "SEEDVR2").mkdir()
+    extra_dit = "extra_" + dit
+    os.link(folder / dit, extra / "SEEDVR2" / extra_dit)
+    os.link(folder / emb, extra / "SEEDVR2" / emb)
+    return ModelFiles(folder, dit, vae, emb, extra / "SEEDVR2", extra_dit)
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_install: ComfyInstall, comfy_root: Path, model_files: ModelFiles,
+          acceptance_report: AcceptanceReport) -> ComfyServer:
+    """The running server (started once per session, stopped at the end)."""
+    yaml_path = comfy_root.parent / "extra_model_paths.yaml"
+    yaml_path.write_text(json.dumps({"acceptance_extra": {
+        "base_path": str(model_files.extra_folder.parent), "seedvr2": "SEEDVR2"}}, indent=1))  # JSON is YAML
+    server = ComfyServer(comfy_install.python, comfy_root, comfy_root.parent / "comfyui.log",
+                         extra_args=["--extra-model-paths-config", str(yaml_path)])
+    seconds = server.start()
+    acceptance_report.add(f"server: ComfyUI {server.get_json('/system_stats')['system']['comfyui_version']} "
+                          f"up in {seconds:.1f}s, RSS {server.rss_mb():.0f} MiB, log {server.log_path}")
+    yield server
+    server.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# The example workflows and the small inputs the runs use.
+
+@pytest.fixture(scope="session")
+def examples(comfy: ComfyServer) -> dict[str, tuple[dict, dict]]:
+    """name -> (UI workflow, API prompt) of every example workflow, as the templates menu serves it."""
+    info = comfy.object_info()
+    return {name: (ui, convert(ui, info)) for name, ui in served_examples(comfy, PACK_FOLDER).items()}
+
+
+@pytest.fixture(scope="session")
+def video_example(examples) -> tuple[str, dict, dict]:
+    """(name, UI workflow, API prompt) of the example workflow that upscales a video."""
+    found = [(name, ui, prompt) for name, (ui, prompt) in examples.items() if is_video(prompt)]
+    assert found, f"no example workflow loads a video (LoadVideo): {sorted(examples)}"
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def small_inputs(comfy: ComfyServer, comfy_install: ComfyInstall, tmp_path_factory) -> dict[str, tuple[str, int]]:
+    """The small clip and still, uploaded to the server: {"video"|"image": (input name, frames)}."""
+    folder = tmp_path_factory.mktemp("inputs")
+    out = {}
+    for kind, frames, suffix in (("video", SMALL["frames"], ".mp4"), ("image", 1, ".png")):
+        path = media.make_input(comfy_install.python, folder / f"small{suffix}", frames=frames,
+                                width=SMALL["width"], height=SMALL["height"], fps=SMALL["fps"])
+        out[kind] = (comfy.upload_image(path), frames)
+    return out
