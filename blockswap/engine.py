@@ -362,7 +362,7 @@ class BlockSwapHandle:
             host_weight_bytes=sum(u.nbytes for u in self.blocks + self.io + self.loose),
             pinned_bytes=self.pinned_bytes, copy_mode=self.copy_mode, forwards=self.forwards,
             block_loads=self.block_loads, on_demand_loads=self.on_demand_loads,
-            transfer_ms=self.transfers.transfer_ms if self.config.debug else None,
+            transfer_ms=self.transfers.transfer_ms() if self.config.debug else None,
             stall_ms=self.transfers.stall_ms() if self.config.debug else None,
             notes=list(self._notes))
 

@@ -22,7 +22,7 @@ class SyncTransfers:
     def __init__(self, device: torch.device, measure: bool):
         self.device = device
         self.measure = measure
-        self.transfer_ms = 0.0
+        self._transfer_ms = 0.0
 
     def event(self) -> Any:
         return None
@@ -31,7 +31,7 @@ class SyncTransfers:
         t0 = time.perf_counter() if self.measure else 0.0
         dst.copy_(src)
         if self.measure:
-            self.transfer_ms += (time.perf_counter() - t0) * 1e3
+            self._transfer_ms += (time.perf_counter() - t0) * 1e3
 
     def wait(self, ready: Any) -> None:
         pass
@@ -41,6 +41,9 @@ class SyncTransfers:
 
     def synchronize(self) -> None:
         pass
+
+    def transfer_ms(self) -> float:
+        return self._transfer_ms
 
     def stall_ms(self) -> float:
         return 0.0
@@ -131,7 +134,6 @@ class CudaTransfers:
         self._copy_timers.clear()
         self._stall_timers.clear()
 
-    @property
     def transfer_ms(self) -> float:
         self._fold_timers()
         return self._transfer_ms

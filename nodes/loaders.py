@@ -9,7 +9,7 @@ import comfy.model_management as mm
 
 from ..seedvr2.checkpoint import CheckpointError
 from ..seedvr2.loaders import DTYPES, load_dit_model, load_vae_model
-from ..seedvr2.models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError, expect_kind, find_model_file, inspect_checkpoint
+from ..seedvr2.models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError, checked_layout, find_model_file
 from ..seedvr2.pipeline import VAETiling
 from ..seedvr2.vae import DEFAULT_CHUNK_FRAMES, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE
 from . import model_folder
@@ -42,10 +42,7 @@ def check_model_file(model: str, kind: str) -> bool | str:
     if path is None:
         return True  # a known name downloads on execution; an unknown one fails there with its message
     try:
-        layout = inspect_checkpoint(path)
-        if kind == "vae" and layout.kind == "dit" and layout.has_vae:
-            return True
-        expect_kind(layout, kind)
+        checked_layout(path, kind)
     except (CheckpointError, ModelFileError, ValueError) as exc:
         return str(exc)  # ComfyUI shows it under the input name ("model - ...")
     return True

@@ -7,3 +7,6 @@ from .vae import build_vae, load_vae
 from .pipeline import (UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling, upscale,
                        validate_upscale_inputs)
 from .placement import ModulePlacement, Placement
+
+__all__ = ["build_dit", "load_dit", "build_vae", "load_vae", "upscale", "validate_upscale_inputs", "UpscaleInputError",
+           "UpscaleModels", "UpscaleSettings", "VAETiling", "ModulePlacement", "Placement"]

@@ -25,7 +25,7 @@ try:  # inside the ComfyUI pack, `blockswap` is our sibling package (the pack fo
 except ImportError:  # `seedvr2` imported from the repository root (CLI, tests, benchmarks)
     import blockswap
 
-from .models import ensure_model_file, expect_kind, inspect_checkpoint, resolve_pos_emb
+from .models import resolve_model, resolve_pos_emb
 from .pipeline import UpscaleModels, VAETiling
 from .placement import ModulePlacement, Placement
 from .text_embeds import load_pos_emb
@@ -85,8 +85,7 @@ def load_dit_model(name: str, models_dir: str | os.PathLike, *, device: torch.de
 
     device = torch.device(device)
     extra_dirs = list(extra_dirs)
-    layout = inspect_checkpoint(ensure_model_file(name, models_dir, download=download, extra_dirs=extra_dirs))
-    expect_kind(layout, "dit")
+    layout = resolve_model(name, "dit", models_dir, download=download, extra_dirs=extra_dirs)
     dt = compute_dtype(dtype, device)
     # 16-bit compute stores 16-bit weights (an fp32 .pth halves in RAM); fp32 compute keeps the file's
     # dtype and upcasts per layer, so a 16-bit file is not doubled. fp8 always stays fp8.
@@ -107,10 +106,7 @@ def load_vae_model(name: str, models_dir: str | os.PathLike, *, device: torch.de
     of `device` (the VAE computes in its weights' dtype)."""
     from .vae import load_vae
 
-    layout = inspect_checkpoint(ensure_model_file(name, models_dir, download=download, extra_dirs=list(extra_dirs)))
-    if layout.kind == "dit" and layout.has_vae:
-        layout = layout.embedded_vae()
-    expect_kind(layout, "vae")
+    layout = resolve_model(name, "vae", models_dir, download=download, extra_dirs=extra_dirs)
     module = load_vae(layout.path, device="cpu", dtype=compute_dtype(dtype, torch.device(device)))
     return LoadedVAE(module, layout.path, tiling or VAETiling())
 

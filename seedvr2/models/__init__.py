@@ -3,11 +3,11 @@ from .download import (MODEL_EXTENSIONS, ModelFileError, download_model_file, en
                        list_models, local_model_files, verify_file)
 from .layout import CheckpointLayout, expect_kind, inspect_checkpoint
 from .registry import DEFAULT_DIT, DEFAULT_VAE, MODEL_FILES, POS_EMB_FILE, ModelFile, known_file, known_files
-from .resolve import ModelPaths, resolve_models, resolve_pos_emb
+from .resolve import ModelPaths, checked_layout, resolve_model, resolve_models, resolve_pos_emb
 
 __all__ = [
     "MODEL_EXTENSIONS", "ModelFileError", "download_model_file", "ensure_model_file", "find_model_file",
     "list_models", "local_model_files", "verify_file", "CheckpointLayout", "expect_kind", "inspect_checkpoint",
     "DEFAULT_DIT", "DEFAULT_VAE", "MODEL_FILES", "POS_EMB_FILE", "ModelFile", "known_file", "known_files",
-    "ModelPaths", "resolve_models", "resolve_pos_emb",
+    "ModelPaths", "checked_layout", "resolve_model", "resolve_models", "resolve_pos_emb",
 ]

@@ -30,6 +30,22 @@ class ModelPaths:
     pos_emb: Path
 
 
+def checked_layout(path: str | os.PathLike, kind: str) -> CheckpointLayout:
+    """Recognise `path` and check it holds a model of `kind` ("dit" or "vae"); a ComfyUI
+    all-in-one DiT file serves as a VAE through its embedded `vae.` weights."""
+    layout = inspect_checkpoint(path)
+    if kind == "vae" and layout.kind == "dit" and layout.has_vae:
+        return layout.embedded_vae()
+    expect_kind(layout, kind)
+    return layout
+
+
+def resolve_model(name: str, kind: str, models_dir: str | os.PathLike, *, download: bool = True,
+                  extra_dirs: Iterable[str | os.PathLike] = ()) -> CheckpointLayout:
+    """Find (or download, for a missing registry name when `download`) and check model `name`."""
+    return checked_layout(ensure_model_file(name, models_dir, download=download, extra_dirs=list(extra_dirs)), kind)
+
+
 def resolve_models(dit: str, vae: str | None, models_dir: str | os.PathLike, *, download: bool = True,
                    extra_dirs: Iterable[str | os.PathLike] = ()) -> ModelPaths:
     """Find/download and recognise the DiT and VAE files named `dit` and `vae`.
@@ -38,13 +54,11 @@ def resolve_models(dit: str, vae: str | None, models_dir: str | os.PathLike, *, 
     registry names that are missing and only when `download` is True.
     """
     extra_dirs = list(extra_dirs)
-    dit_layout = inspect_checkpoint(ensure_model_file(dit, models_dir, download=download, extra_dirs=extra_dirs))
-    expect_kind(dit_layout, "dit")
+    dit_layout = resolve_model(dit, "dit", models_dir, download=download, extra_dirs=extra_dirs)
     if vae is None:
         vae_layout = dit_layout.embedded_vae()
     else:
-        vae_layout = inspect_checkpoint(ensure_model_file(vae, models_dir, download=download, extra_dirs=extra_dirs))
-        expect_kind(vae_layout, "vae")
+        vae_layout = resolve_model(vae, "vae", models_dir, download=download, extra_dirs=extra_dirs)
     pos_emb = resolve_pos_emb(dit_layout, models_dir, download=download, extra_dirs=extra_dirs)
     log.info("SeedVR2: DiT %s (%s, %s), VAE %s, text embedding %s", dit_layout.path.name, dit_layout.variant,
              dit_layout.layout, vae_layout.path.name, pos_emb.name)
@@ -62,4 +76,4 @@ def resolve_pos_emb(dit: CheckpointLayout, models_dir: str | os.PathLike, *, dow
     return ensure_model_file(POS_EMB_FILE, models_dir, download=download, extra_dirs=extra_dirs)
 
 
-__all__ = ["ModelPaths", "resolve_models", "resolve_pos_emb", "load_pos_emb"]
+__all__ = ["ModelPaths", "checked_layout", "resolve_model", "resolve_models", "resolve_pos_emb", "load_pos_emb"]
