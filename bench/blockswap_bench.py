@@ -155,9 +155,10 @@ def rss() -> int:
 
 
 def pinned_h2d_gbps(device: torch.device) -> float:
-    from blockswap.host import pin, unpin
+    from blockswap.backend import CudaBackend
+    from blockswap.pinning import PinBudget, pin, unpin
     src = torch.empty(1 << 30, dtype=torch.uint8)
-    assert pin(src), "cudaHostRegister failed"
+    assert pin(src, CudaBackend(device), PinBudget(1 << 62)), "cudaHostRegister failed"
     dst = torch.empty_like(src, device=device)
     stream = torch.cuda.Stream(device)
     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -2,133 +2,61 @@
 
 At apply time every tensor of the model is packed into per-unit host masters (a unit is one
 transformer block, one IO module, or the loose tensors of the root) and NOTHING is on the
-compute device. Forward hooks then place weights on use:
+compute device. Forward wrappers then place weights on use:
 
-* resident units copy their master into a device buffer on first use and stay there;
-* swapped blocks are bound to one of K preallocated device slots only while they run. After a
-  block runs, its slot is refilled with the swapped block needed K positions later, cyclically,
-  so the next forward's first blocks load while this forward finishes (wrap-around);
-* swapped IO modules use one slot of their own, loaded on use.
+* at a phase start (`load()`, or the first forward after `offload()`), ONE device arena is
+  allocated for the resident units and the ring slots, before the phase's activations exist (no
+  fragmentation), and fenced on the compute stream;
+* the first forward of a phase issues every resident unit's copy on the side stream in execution
+  order, interleaved with the ring's first K swapped blocks; each unit's first use waits only for
+  its own copy, and residents stay until `offload()`;
+* swapped blocks are bound to one of K slots only while they run (see `ring.py` for the ordering
+  argument); swapped IO modules use one slot of their own, loaded on use.
 
 Weights are never copied back: inference never changes them, so dropping a device copy is just
 rebinding the Parameter to its host master.
+
+Ownership: the model owns the handle (`model._blockswap_handle`) through its wrapped forwards;
+the handle refers to the model and its modules weakly. Dropping the model therefore frees model,
+handle, masters and pins by reference counting alone, and `remove()` leaves no reference behind.
+
+Host conditions: everything is allocated with inference mode off (ComfyUI runs nodes under
+`torch.inference_mode()`); the hooks are excluded from `torch.compile`; a forward in grad mode
+with trainable weights, or from a second thread while one runs, is refused with a clear error.
 """
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from .backend import CudaBackend, DeviceBackend, ImmediateBackend
 from .config import BlockSwapConfig
 from .guard import MoveGuard
-from .host import HostUnit, default_pin_budget, pin, unpin
-from .transfers import CudaTransfers, SyncTransfers
+from .host import HostUnit, Ownership, _align
+from .pinning import PIN_BUDGET, PinBudget, pin, unpin
+from .ring import SlotRing
+from .transfers import Transfers
 
 log = logging.getLogger("blockswap")
 
 GiB = float(1 << 30)
 _MISSING = object()
-
-
-class _Ring:
-    """K device slots shared by the swapped units, in execution order `units`."""
-
-    def __init__(self, units: list[HostUnit], slots: int, prefetch: bool, engine: "BlockSwapHandle"):
-        self.units = units
-        self.k = min(slots, len(units))
-        self.prefetch = prefetch
-        self.engine = engine
-        self.slot_bytes = max(u.nbytes for u in units)
-        self.buffers: list[torch.Tensor] = []
-        self.owner: list[int | None] = [None] * self.k      # rank loaded (or loading) in each slot
-        self.slot_of: list[int | None] = [None] * len(units)
-        self.views: list[dict[int, list[torch.Tensor]]] = [{} for _ in units]
-        self.ready = [engine.transfers.event() for _ in range(self.k)]
-        self.free = [engine.transfers.event() for _ in range(self.k)]
-        self.freed = [False] * self.k  # whether `free[s]` has been recorded since allocation
-
-    @property
-    def device_bytes(self) -> int:
-        return self.slot_bytes * len(self.buffers)
-
-    def acquire(self, rank: int) -> None:
-        """Before unit `rank` runs: make sure it (and with prefetch, the next K-1) is loading,
-        make compute wait for it, bind its tensors to the slot."""
-        if not self.buffers:
-            self._allocate()
-        if self.slot_of[rank] is None and self.prefetch:  # a prefetch miss (IO units always load on demand)
-            self.engine.on_demand_loads += 1
-        self._ensure(rank, self.k if self.prefetch else 1)
-        slot = self.slot_of[rank]
-        self.engine.transfers.wait(self.ready[slot])
-        views = self.views[rank].get(slot)
-        if views is None:
-            views = self.views[rank][slot] = self.units[rank].views_into(self.buffers[slot])
-        self.units[rank].bind(views)
-
-    def release(self, rank: int) -> None:
-        """After unit `rank` ran: rebind to the host master, mark its slot reusable once compute
-        is done with it, and start loading the unit needed K positions later."""
-        unit = self.units[rank]
-        unit.bind(unit.master_views)
-        slot = self.slot_of[rank]
-        self.engine.transfers.record_free(self.free[slot])
-        self.freed[slot] = True
-        if self.prefetch:
-            self._ensure((rank + 1) % len(self.units), self.k)
-
-    def _ensure(self, first: int, count: int) -> None:
-        n = len(self.units)
-        window = [(first + j) % n for j in range(count)]
-        for rank in window:
-            if self.slot_of[rank] is None:
-                self._load(rank, self._victim(first, window))
-
-    def _victim(self, first: int, window: list[int]) -> int:
-        """The slot to overwrite: an empty one, else the one whose unit is needed last."""
-        n = len(self.units)
-        best, best_distance = 0, -1
-        for slot, owner in enumerate(self.owner):
-            if owner is None:
-                return slot
-            if owner in window:
-                continue
-            distance = (owner - first) % n
-            if distance > best_distance:
-                best, best_distance = slot, distance
-        return best
-
-    def _load(self, rank: int, slot: int) -> None:
-        previous = self.owner[slot]
-        if previous is not None:
-            self.slot_of[previous] = None
-        unit = self.units[rank]
-        self.engine.transfers.copy(self.buffers[slot][:unit.nbytes], unit.buffer, pinned=unit.pinned,
-                                   after=self.free[slot] if self.freed[slot] else None, ready=self.ready[slot])
-        self.owner[slot], self.slot_of[rank] = rank, slot
-        self.engine.bytes_this_forward += unit.nbytes
-        self.engine.block_loads += 1
-
-    def _allocate(self) -> None:
-        with torch.inference_mode(False):
-            self.buffers = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.engine.device)
-                            for _ in range(self.k)]
-        self.engine.note_device_bytes()
-
-    def drop(self) -> None:
-        self.buffers = []
-        self.owner = [None] * self.k
-        self.slot_of = [None] * len(self.units)
-        self.views = [{} for _ in self.units]
-        self.freed = [False] * self.k
+STAGING_BUFFERS = 2
 
 
 @dataclass
 class BlockSwapStats:
-    """What the engine did, in units a user can read (`summary()` for a log line)."""
+    """What the engine did, in units a user can read (`summary()` for a log line).
+
+    bytes_streamed_per_forward: bytes copied per forward once warm (0 when every swapped unit
+    keeps a slot of its own); bytes_streamed_last_forward: what the last forward copied.
+    """
 
     active: bool
     device: str
@@ -165,13 +93,26 @@ class BlockSwapStats:
         return text
 
 
+class _Resident:
+    """A unit that stays on the device for a phase once loaded."""
+
+    def __init__(self, unit: HostUnit, ready: Any):
+        self.unit = unit
+        self.ready = ready
+        self.view: torch.Tensor | None = None   # its part of the arena
+        self.issued = False                      # copy issued this phase
+        self.waited = False                      # compute waited for it this phase
+
+
 class BlockSwapHandle:
     """Returned by `apply_block_swap`. `load()`/`offload()` follow the pipeline's placement
     protocol; `remove()` restores the model; `stats()` reports."""
 
     def __init__(self, model: nn.Module, config: BlockSwapConfig, device: torch.device,
-                 offload_device: torch.device, blocks_attr: str, active: bool, note: str = ""):
-        self.model = model
+                 offload_device: torch.device, blocks_attr: str, active: bool, note: str = "",
+                 backend: DeviceBackend | None = None, pin_budget: PinBudget = PIN_BUDGET):
+        self._model = weakref.ref(model)
+        self._model_name = type(model).__name__
         self.config = config
         self.device = device
         self.offload_device = offload_device
@@ -181,139 +122,263 @@ class BlockSwapHandle:
         self.block_loads = self.on_demand_loads = self.forwards = 0
         self.bytes_this_forward = self.bytes_last_forward = 0
         self._device_peak = 0
+        self.pinned_bytes = 0
+        self.copy_mode = ""
         if not active:
             return
         blocks = _get_blocks(model, blocks_attr)
         self.swapped = config.swapped_indices(len(blocks))
-        self.transfers = CudaTransfers(device, config.debug) if device.type == "cuda" else SyncTransfers(device, config.debug)
-        self._wrapped: list[tuple[nn.Module, Any]] = []
+        swapped_set = set(self.swapped)
+        self.backend = backend or (CudaBackend(device) if device.type == "cuda" else ImmediateBackend(device))
+        self.transfers = Transfers(self.backend, config.debug, pin_budget)
+        self._budget = pin_budget
+        self._wrapped: list[tuple[weakref.ref, Any]] = []
+        self._running: int | None = None          # thread id of the forward in progress
+        self._enter_lock = threading.Lock()
+        self._arena: torch.Tensor | None = None
+        self._fence: Any = None
+        self._phase_started = False
 
         # 1. Host masters for every unit; the model's tensors end up in them, nothing on the device.
-        self.blocks = [HostUnit(f"{blocks_attr}.{i}", b, offload_device) for i, b in enumerate(blocks)]
         io_modules, root_modules = _io_modules(model, blocks)
         io_modules = [(name, m) for name, m in io_modules if _has_tensors(m)]
-        self.io = [HostUnit(name, m, offload_device) for name, m in io_modules]
-        self.loose = [HostUnit(name or "<root>", m, offload_device, recurse=False) for name, m in root_modules
-                      if m._parameters or m._buffers]
-        swapped_set = set(self.swapped)
+        swap_io = config.swap_io_components
+        owners = Ownership()
+        self.blocks = [HostUnit(f"{blocks_attr}.{i}", b, offload_device, swapped=i in swapped_set, ownership=owners)
+                       for i, b in enumerate(blocks)]
+        self.io = [HostUnit(name, m, offload_device, swapped=swap_io, ownership=owners) for name, m in io_modules]
+        self.loose = [HostUnit(name or "<root>", m, offload_device, recurse=False, ownership=owners)
+                      for name, m in root_modules if m._parameters or m._buffers]
         swapped_units = [self.blocks[i] for i in self.swapped]
-        swapped_io = self.io if config.swap_io_components else []
-        self.resident = [u for i, u in enumerate(self.blocks) if i not in swapped_set]
-        self.resident_io = self.loose + ([] if config.swap_io_components else self.io)
-        self._device_copies: dict[int, torch.Tensor] = {}
+        swapped_io = self.io if swap_io else []
+        resident_units = self.loose + ([] if swap_io else self.io) + [u for u in self.blocks if not u.swapped]
+        self.residents = {id(u): _Resident(u, self.transfers.event()) for u in resident_units if u.nbytes}
 
-        # 2. Pin the masters that are streamed repeatedly; fall back to staging past the budget.
-        self._pin(swapped_units + swapped_io)
+        # 2. Pin what is streamed repeatedly, then the residents (loaded once per phase), within
+        #    the process-wide budget; stage the swapped rest.
+        self._pin(swapped_units + swapped_io, resident_units)
 
-        # 3. Rings and hooks.
-        self.ring = _Ring(swapped_units, config.prefetch_blocks, prefetch=True, engine=self) if swapped_units else None
-        self.io_ring = _Ring(swapped_io, 1, prefetch=False, engine=self) if swapped_io else None
-        self._wrap(model, self._before_model, None)
+        # 3. Rings, arena layout, wrappers, move guard.
+        self.ring = SlotRing(swapped_units, config.prefetch_blocks, prefetch=True, engine=self) if swapped_units else None
+        self.io_ring = SlotRing(swapped_io, 1, prefetch=False, engine=self) if swapped_io else None
+        self._arena_bytes = (sum(_align(r.unit.nbytes) for r in self.residents.values())
+                             + sum(ring.nbytes for ring in self._rings()))
+        self._wrap(model, self._enter, self._exit)
         for i, (unit, module) in enumerate(zip(self.blocks, blocks)):
-            if i in swapped_set:
+            if unit.swapped:
                 rank = self.swapped.index(i)
-                self._wrap(module, lambda r=rank: self.ring.acquire(r), lambda r=rank: self.ring.release(r))
+                self._wrap(module, _call(self, "_acquire_block", rank), _call(self, "_release_block", rank))
             else:
-                self._wrap(module, lambda u=unit: self._make_resident(u), None)
+                self._wrap(module, _call(self, "_use_resident", unit), None)
         for rank, (_, module) in enumerate(io_modules if swapped_io else []):
-            self._wrap(module, lambda r=rank: self.io_ring.acquire(r), lambda r=rank: self.io_ring.release(r))
-        self.guard = MoveGuard([model, *blocks, *(m for _, m in io_modules)], type(model).__name__)
+            self._wrap(module, _call(self, "_acquire_io", rank), _call(self, "_release_io", rank))
+        self._io_names = [name for name, _ in io_modules]
+        self.guard = MoveGuard([model, *blocks, *(m for _, m in io_modules)], self._model_name)
         log.info(self.stats().summary())
 
-    # --- placement ------------------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module | None:
+        return self._model()
 
-    def _wrap(self, module: nn.Module, before: Callable[[], None], after: Callable[[], None] | None) -> None:
-        """Wrap `module.forward`: `before` places the weights, `after` (in a finally, so also on
-        an interrupt, which ComfyUI raises as a BaseException) drops them again."""
-        self._wrapped.append((module, module.__dict__.get("forward", _MISSING)))
-        original = module.forward
+    def _rings(self) -> list[SlotRing]:
+        return [r for r in (self.ring, self.io_ring) if r is not None]
 
+    # --- wrappers -------------------------------------------------------------------------------
+
+    def _wrap(self, module: nn.Module, before: Callable[[], None], after: Callable[..., None] | None) -> None:
+        """Replace `module.forward` (instance attribute): `before` places the weights, `after`
+        drops them again, also on an exception (ComfyUI's interrupt is a BaseException), where it
+        only rebinds and fences (`failed=True`). Both are excluded from torch.compile graphs."""
+        previous = module.__dict__.get("forward", _MISSING)
+        self._wrapped.append((weakref.ref(module), previous))
+        original = previous if previous is not _MISSING else _class_forward(module)
+        before = torch.compiler.disable(before)
         if after is None:
             def forward(*args: Any, **kwargs: Any) -> Any:
                 before()
                 return original(*args, **kwargs)
         else:
+            after = torch.compiler.disable(after)
+
             def forward(*args: Any, **kwargs: Any) -> Any:
                 before()
                 try:
-                    return original(*args, **kwargs)
-                finally:
-                    after()
+                    out = original(*args, **kwargs)
+                except BaseException:
+                    after(failed=True)
+                    raise
+                after()
+                return out
 
         module.__dict__["forward"] = forward
 
-    def _before_model(self) -> None:
-        self.forwards += 1
-        self.bytes_last_forward, self.bytes_this_forward = self.bytes_this_forward, 0
-        for unit in self.resident_io:
-            self._make_resident(unit)
+    def _enter(self) -> None:
+        me = threading.get_ident()
+        with self._enter_lock:
+            if self._running is not None and self._running != me:
+                raise RuntimeError(f"BlockSwap: {self._model_name} is already running a forward in another thread; "
+                                   "a block-swapped model serves one forward at a time (its device slots are "
+                                   "shared). Use one model per thread.")
+            self._running = me
+        if torch.is_grad_enabled():
+            trainable = next((n for n, p in self._named_params() if p.requires_grad), None)
+            if trainable is not None:
+                self._running = None
+                raise RuntimeError(f"BlockSwap is for inference, but this forward runs with autograd on and "
+                                   f"'{trainable}' requires grad: autograd would keep weights whose device copy "
+                                   "is reused. Run under torch.inference_mode() or torch.no_grad(), or call "
+                                   "model.requires_grad_(False).")
+        try:
+            self.forwards += 1
+            self.bytes_last_forward, self.bytes_this_forward = self.bytes_this_forward, 0
+            self._ensure_arena()
+            self._issue_phase_copies()
+            for unit in self.loose + ([] if self.config.swap_io_components else self.io):
+                self._use_resident(unit)
+        except BaseException:
+            self._running = None
+            raise
 
-    def _make_resident(self, unit: HostUnit) -> None:
-        if id(unit) in self._device_copies:
+    def _exit(self, failed: bool = False) -> None:
+        self._running = None
+
+    def _named_params(self):
+        model = self.model
+        return model.named_parameters() if model is not None else iter(())
+
+    # --- placement ------------------------------------------------------------------------------
+
+    def _ensure_arena(self) -> None:
+        """One device allocation for residents and slots, fenced on the compute stream."""
+        if self._arena is not None or self._arena_bytes == 0:
             return
-        with torch.inference_mode(False):
-            flat = torch.empty(unit.nbytes, dtype=torch.uint8, device=self.device)
-        flat.copy_(unit.buffer, non_blocking=unit.pinned)
-        self._device_copies[id(unit)] = flat
-        unit.bind(unit.views_into(flat))
+        arena = self.backend.allocate(self._arena_bytes)
+        fence = self.transfers.event()
+        self.transfers.fence(fence)
+        offset = 0
+        for res in self.residents.values():
+            res.view = arena[offset:offset + res.unit.nbytes]
+            offset += _align(res.unit.nbytes)
+        for ring in self._rings():
+            ring.attach(arena[offset:offset + ring.nbytes], fence)
+            offset += ring.nbytes
+        self._fence = fence
+        self._arena = arena
         self.note_device_bytes()
 
-    def _pin(self, units: list[HostUnit]) -> None:
-        self.pinned_bytes = 0
-        mode = self.config.pin_memory
-        if self.device.type != "cuda" or self.offload_device.type != "cpu" or not units or mode == "off":
-            self.copy_mode = "pageable" if self.device.type == "cuda" and units else "synchronous"
+    def _issue_phase_copies(self) -> None:
+        """First forward of a phase: every resident copy, in execution order (IO and root first,
+        then the blocks), with the ring's first K swapped blocks at their places."""
+        if self._phase_started:
             return
-        budget = float("inf") if mode == "on" else default_pin_budget()
-        refused = 0
-        for unit in units:
-            if self.pinned_bytes + unit.nbytes > budget:
-                continue
-            if pin(unit.buffer):
-                unit.pinned = True
-                self.pinned_bytes += unit.nbytes
+        self._phase_started = True
+        for unit in self.loose + ([] if self.config.swap_io_components else self.io):
+            self._issue_resident(unit)
+        primed = 0
+        for unit in self.blocks:
+            if unit.swapped:
+                if self.ring is not None and primed < self.ring.k:
+                    primed += 1
+                    self.ring.prime(primed)
             else:
-                refused += 1
-        unpinned = [u for u in units if not u.pinned]
-        if not unpinned:
-            self.copy_mode = "pinned"
+                self._issue_resident(unit)
+
+    def _issue_resident(self, unit: HostUnit) -> None:
+        res = self.residents.get(id(unit))
+        if res is None or res.issued:
             return
-        staging = self.transfers.enable_staging(max(u.nbytes for u in unpinned), 2)
-        self.copy_mode = "pinned+staged" if staging and self.pinned_bytes else ("staged" if staging else "pageable")
-        why = f"the driver refused {refused}" if refused else f"the pin budget of {budget / GiB:.1f} GiB was reached"
-        log.warning("BlockSwap: %d of %d swapped units are not pinned (%s); they use %s copies, which are slower.",
-                    len(unpinned), len(units), why, "staged" if staging else "pageable (host-blocking)")
+        self._ensure_arena()
+        self.transfers.copy(res.view, unit.buffer, pinned=unit.pinned, after=self._fence, ready=res.ready)
+        res.issued = True
+        self.bytes_this_forward += unit.nbytes
+
+    def _use_resident(self, unit: HostUnit) -> None:
+        """Before a resident unit runs: its copy issued (on demand when called outside a model
+        forward), compute ordered after it (and after the units it shares tensors with), bound."""
+        for dep in unit.depends_on:
+            self._use_resident(dep)
+        res = self.residents.get(id(unit))
+        if res is None or res.waited:
+            return
+        if not res.issued:
+            self._issue_resident(unit)
+        self.transfers.wait(res.ready)
+        res.waited = True
+        unit.bind(unit.views_into(res.view))
+
+    def _acquire_block(self, rank: int) -> None:
+        self._ensure_arena()
+        self.ring.acquire(rank)
+
+    def _release_block(self, rank: int, failed: bool = False) -> None:
+        self.ring.release(rank, failed=failed)
+
+    def _acquire_io(self, rank: int) -> None:
+        self._ensure_arena()
+        self.io_ring.acquire(rank)
+
+    def _release_io(self, rank: int, failed: bool = False) -> None:
+        self.io_ring.release(rank, failed=failed)
+
+    def _pin(self, streamed: list[HostUnit], residents: list[HostUnit]) -> None:
+        mode = self.config.pin_memory
+        if not self.backend.asynchronous or self.offload_device.type != "cpu" or mode == "off":
+            self.copy_mode = "synchronous" if not self.backend.asynchronous else "pageable"
+            return
+        force = mode == "on"  # "on": every streamed unit, past the budget if need be
+        for unit in streamed:
+            unit.pinned = pin(unit.buffer, self.backend, self._budget, force=force)
+        for unit in residents:
+            if unit.nbytes and pin(unit.buffer, self.backend, self._budget):
+                unit.pinned = True
+        self.pinned_bytes = sum(u.nbytes for u in streamed + residents if u.pinned)
+        unpinned = [u for u in streamed if not u.pinned]
+        if not unpinned:
+            self.copy_mode = "pinned" if streamed else "pinned residents"
+            return
+        staging = self.transfers.enable_staging(max(u.nbytes for u in unpinned), STAGING_BUFFERS)
+        any_pinned = any(u.pinned for u in streamed)
+        self.copy_mode = ("pinned+staged" if any_pinned else "staged") if staging else "pageable"
+        log.warning("BlockSwap: %d of %d swapped units are not pinned (the pin budget of %.1f GiB is spent or the "
+                    "driver refused); they use %s copies, which are slower.", len(unpinned), len(streamed),
+                    self._budget.limit / GiB, "staged" if staging else "pageable (host-blocking)")
 
     def note_device_bytes(self) -> None:
         self._device_peak = max(self._device_peak, self._device_bytes())
 
     def _device_bytes(self) -> int:
-        if not self.active:
-            return 0
-        rings = [r for r in (self.ring, self.io_ring) if r is not None]
-        return sum(t.numel() for t in self._device_copies.values()) + sum(r.device_bytes for r in rings)
+        return self._arena.numel() if self.active and self._arena is not None else 0
 
     # --- public ----------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Placement protocol: nothing to do, weights load on first use."""
+        """Placement protocol, at a phase start: reserve the device arena (one allocation, before
+        the phase's activations exist). No weight is copied until the first forward."""
+        if self.active and not self.removed:
+            self._ensure_arena()
 
     def offload(self) -> None:
-        """Drop every device copy (residents, slots); the next forward loads lazily again.
-        Waits for in-flight copies and compute first (a phase boundary, not the hot path)."""
+        """Drop every device copy (arena, slots); the next forward loads again. Waits for
+        in-flight copies and compute first (a phase boundary, not the hot path)."""
         if not self.active or self.removed:
             return
         self.transfers.synchronize()
-        for unit in self.resident + self.resident_io:
-            unit.bind(unit.master_views)
-        self._device_copies.clear()
-        for ring in (self.ring, self.io_ring):
-            if ring is not None:
-                ring.drop()
+        for res in self.residents.values():
+            res.unit.bind(res.unit.master_views)
+            res.view, res.issued, res.waited = None, False, False
+        for ring in self._rings():
+            for unit in ring.units:
+                unit.bind(unit.master_views)
+            ring.drop()
+        if self._arena is not None:
+            self.backend.free(self._arena)
+        self._arena = None
+        self._fence = None
+        self._phase_started = False
 
     def remove(self) -> None:
-        """Restore the model as it was: original forwards (no hooks), every tensor on the offload
-        device, placement methods back. Idempotent."""
+        """Restore the model as it was: original forwards, every tensor on the offload device,
+        placement methods back, pins and budget returned, no reference left. Idempotent."""
         if self.removed:
             return
         if not self.active:
@@ -321,24 +386,27 @@ class BlockSwapHandle:
             return
         self.offload()
         self.removed = True
-        for module, previous in reversed(self._wrapped):
+        for module_ref, previous in reversed(self._wrapped):
+            module = module_ref()
+            if module is None:
+                continue
             if previous is _MISSING:
-                del module.__dict__["forward"]
+                module.__dict__.pop("forward", None)
             else:
                 module.__dict__["forward"] = previous
         self._wrapped.clear()
         self.guard.restore()
         self.transfers.close()
-        for unit in self.blocks + self.io:
+        for unit in self.blocks + self.io + self.loose:
             if unit.pinned:
                 unpin(unit.buffer)
                 unit.pinned = False
-        self.model.__dict__.pop("_blockswap_handle", None)
-        # The model's tensors keep their (host) storage; drop ours so a later re-apply or the
-        # model's own deletion frees it at once instead of at the next cyclic garbage collection.
+        model = self.model
+        if model is not None:
+            model.__dict__.pop("_blockswap_handle", None)
         self.active = False
         self._notes.append("removed")
-        self.blocks, self.io, self.loose, self.resident, self.resident_io = [], [], [], [], []
+        self.blocks, self.io, self.loose, self.residents = [], [], [], {}
         self.ring = self.io_ring = None
 
     def placement(self) -> list[str]:
@@ -350,13 +418,12 @@ class BlockSwapHandle:
     def stats(self) -> BlockSwapStats:
         if not self.active:
             return BlockSwapStats(active=False, device=str(self.device), notes=list(self._notes))
-        swapped_io = self.io if self.config.swap_io_components else []
         return BlockSwapStats(
             active=True, device=str(self.device), blocks_total=len(self.blocks),
             blocks_swapped=len(self.swapped), blocks_resident=len(self.blocks) - len(self.swapped),
-            swapped_indices=self.swapped, io_swapped=bool(swapped_io),
+            swapped_indices=self.swapped, io_swapped=self.io_ring is not None,
             prefetch_blocks=self.ring.k if self.ring else 0,
-            bytes_streamed_per_forward=sum(self.blocks[i].nbytes for i in self.swapped) + sum(u.nbytes for u in swapped_io),
+            bytes_streamed_per_forward=sum(r.steady_bytes_per_pass for r in self._rings()),
             bytes_streamed_last_forward=self.bytes_last_forward,
             device_weight_bytes=self._device_bytes(), device_weight_bytes_peak=self._device_peak,
             host_weight_bytes=sum(u.nbytes for u in self.blocks + self.io + self.loose),
@@ -365,6 +432,28 @@ class BlockSwapHandle:
             transfer_ms=self.transfers.transfer_ms() if self.config.debug else None,
             stall_ms=self.transfers.stall_ms() if self.config.debug else None,
             notes=list(self._notes))
+
+
+def _call(handle: BlockSwapHandle, method: str, *args: Any) -> Callable[..., None]:
+    """A hook calling `handle.<method>(*args, **kw)`: a plain closure over the handle (the model
+    owns the handle; the handle holds nothing of the model strongly)."""
+    bound = getattr(handle, method)
+
+    def hook(**kw: Any) -> None:
+        bound(*args, **kw)
+
+    return hook
+
+
+def _class_forward(module: nn.Module) -> Callable[..., Any]:
+    """`module.forward` without a strong reference to `module` (a bound method stored in the
+    module's own __dict__ would be a reference cycle)."""
+    forward, ref = type(module).forward, weakref.ref(module)
+
+    def original(*args: Any, **kwargs: Any) -> Any:
+        return forward(ref(), *args, **kwargs)
+
+    return original
 
 
 def _has_tensors(module: nn.Module) -> bool:
@@ -384,50 +473,59 @@ def _get_blocks(model: nn.Module, attr: str) -> nn.ModuleList:
 
 def _io_modules(model: nn.Module, blocks: nn.ModuleList) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
     """Split the modules outside `blocks`: IO subtrees that do not contain the blocks, and the
-    ancestors of the blocks (the root included), whose own loose tensors form resident units."""
+    ancestors of the blocks (the root included), whose own loose tensors form resident units.
+    Iterative (a recursive closure would be a reference cycle holding the model)."""
     io: list[tuple[str, nn.Module]] = []
     ancestors: list[tuple[str, nn.Module]] = []
-
-    def walk(prefix: str, module: nn.Module) -> None:
+    pending = [("", model)]
+    while pending:
+        prefix, module = pending.pop(0)
         ancestors.append((prefix, module))
         for name, child in module.named_children():
             path = f"{prefix}.{name}" if prefix else name
             if child is blocks:
                 continue
             if any(m is blocks for m in child.modules()):
-                walk(path, child)
+                pending.append((path, child))
             else:
                 io.append((path, child))
-
-    walk("", model)
     return io, ancestors
 
 
 def apply_block_swap(model: nn.Module, config: BlockSwapConfig | dict | None, device: torch.device | str,
                      offload_device: torch.device | str = "cpu", *, blocks_attr: str = "blocks",
-                     allow_cpu_device: bool = False) -> BlockSwapHandle:
+                     allow_cpu_device: bool = False, backend: DeviceBackend | None = None,
+                     pin_budget: PinBudget = PIN_BUDGET) -> BlockSwapHandle:
     """Keep every weight of `model` on `offload_device` and move it to `device` inside the forward.
 
     `config.blocks_to_swap` blocks are streamed in for each use through a ring of
     `config.prefetch_blocks` device slots and dropped after; the other blocks and the IO modules
-    move to `device` on first use and stay (IO modules are streamed too with
-    `swap_io_components`). On a CPU or MPS device this is a logged no-op, unless
-    `allow_cpu_device` (tests, benchmarks) runs the same streaming schedule with synchronous
-    copies. Returns a handle: `remove()` restores the model, `offload()` frees the device,
-    `stats()` reports.
+    move to `device` in the first forward of each phase and stay until `offload()` (IO modules
+    are streamed too with `swap_io_components`). On a CPU or MPS device this is a logged no-op,
+    unless `allow_cpu_device` runs the same streaming schedule with synchronous copies (tests,
+    `SEEDVR2_BLOCKSWAP_CPU=1`). `backend` replaces the device primitives (emulation, tests);
+    `pin_budget` the process-wide pinned-memory budget. Returns a handle: `remove()` restores
+    the model, `offload()` frees the device, `stats()` reports.
     """
     config = BlockSwapConfig.coerce(config)
     device, offload_device = torch.device(device), torch.device(offload_device)
     if getattr(model, "_blockswap_handle", None) is not None:
         raise RuntimeError("BlockSwap is already applied to this model; call handle.remove() before applying it again")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"BlockSwap: device {device} was asked for but CUDA is not available in this torch build")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    if device.type != "cuda" and not allow_cpu_device:
+    if device.type == "cuda" and backend is None:
+        if not torch.backends.cuda.is_built():
+            raise ValueError(f"BlockSwap: device {device} was asked for, but this torch build has no CUDA support "
+                             "(install a CUDA build of torch)")
+        if not torch.cuda.is_available():
+            raise ValueError(f"BlockSwap: device {device} was asked for, but no CUDA GPU is visible on this machine "
+                             "(check the driver and CUDA_VISIBLE_DEVICES)")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    if device.type != "cuda" and not allow_cpu_device and backend is None:
         note = f"compute device is {device.type}: block swap does nothing there (weights already share memory)"
         log.info("BlockSwap: %s", note)
         return BlockSwapHandle(model, config, device, offload_device, blocks_attr, active=False, note=note)
-    handle = BlockSwapHandle(model, config, device, offload_device, blocks_attr, active=True)
+    with torch.inference_mode(False):
+        handle = BlockSwapHandle(model, config, device, offload_device, blocks_attr, active=True, backend=backend,
+                                 pin_budget=pin_budget)
     model.__dict__["_blockswap_handle"] = handle
     return handle

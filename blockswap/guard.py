@@ -3,12 +3,17 @@
 While block swap is active the engine owns where every weight lives. A host (ComfyUI) or user
 calling ``model.to("cuda")`` would load every block at once: a device move is ignored with a
 warning (the engine already puts weights on the device when they are used). A dtype change
-cannot be honoured without rewriting the host masters, so it raises with what to do instead.
+cannot be honoured without rewriting the host masters, so it raises with what to do instead;
+a "conversion" to the dtype the weights already have (e.g. ``model.to(some_tensor)`` of the same
+dtype) is a move, not a change.
+
+The patched methods are closures over a weak reference to their module, so they form no
+reference cycle: the module stays freeable by reference counting alone.
 """
 from __future__ import annotations
 
 import logging
-import types
+import weakref
 from typing import Any
 
 import torch
@@ -30,41 +35,59 @@ class MoveGuard:
     """Patches placement methods on a set of modules; `restore()` puts back exactly what was there."""
 
     def __init__(self, modules: list[nn.Module], owner: str):
-        self._saved: list[tuple[nn.Module, str, Any]] = []
-        self._warned = False
-        self._owner = owner
+        self._saved: list[tuple[weakref.ref, str, Any]] = []
+        self._state = {"warned": False}
         for module in modules:
             for name in _MOVES:
-                self._saved.append((module, name, module.__dict__.get(name, _MISSING)))
-            module.__dict__["to"] = types.MethodType(self._to, module)
-            module.__dict__["cuda"] = types.MethodType(self._ignore_move, module)
-            module.__dict__["cpu"] = types.MethodType(self._ignore_move, module)
-            module.__dict__["_apply"] = types.MethodType(self._apply, module)
-
-    def _warn_once(self) -> None:
-        if not self._warned:
-            self._warned = True
-            log.warning("BlockSwap: ignoring a device move of %s: block swap places the weights itself "
-                        "(blocks load on use). Call handle.remove() to take the model back.", self._owner)
-
-    def _ignore_move(self, module: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
-        self._warn_once()
-        return module
-
-    def _to(self, module: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
-        device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
-        if dtype is not None or memory_format is not None:
-            raise _blocked(f"{self._owner}.to({', '.join(map(repr, args))}) (a dtype/format change)")
-        self._warn_once()
-        return module
-
-    def _apply(self, module: nn.Module, fn: Any, recurse: bool = True) -> nn.Module:
-        raise _blocked(f"converting {self._owner} (half()/float()/type()/...)")
+                self._saved.append((weakref.ref(module), name, module.__dict__.get(name, _MISSING)))
+            ref = weakref.ref(module)
+            module.__dict__["to"] = _make_to(ref, owner, self._state)
+            module.__dict__["cuda"] = module.__dict__["cpu"] = _make_ignore(ref, owner, self._state)
+            module.__dict__["_apply"] = _make_apply(owner)
 
     def restore(self) -> None:
-        for module, name, previous in self._saved:
+        for module_ref, name, previous in self._saved:
+            module = module_ref()
+            if module is None:
+                continue
             if previous is _MISSING:
                 module.__dict__.pop(name, None)
             else:
                 module.__dict__[name] = previous
         self._saved.clear()
+
+
+def _warn_once(owner: str, state: dict) -> None:
+    if not state["warned"]:
+        state["warned"] = True
+        log.warning("BlockSwap: ignoring a device move of %s: block swap places the weights itself "
+                    "(blocks load on use). Call handle.remove() to take the model back.", owner)
+
+
+def _make_ignore(ref: weakref.ref, owner: str, state: dict):
+    def ignore_move(*args: Any, **kwargs: Any) -> nn.Module:
+        _warn_once(owner, state)
+        return ref()
+
+    return ignore_move
+
+
+def _make_to(ref: weakref.ref, owner: str, state: dict):
+    def to(*args: Any, **kwargs: Any) -> nn.Module:
+        module = ref()
+        _, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+        floating = {t.dtype for t in module.parameters() if t.is_floating_point()}
+        floating |= {t.dtype for t in module.buffers() if t.is_floating_point()}
+        if memory_format is not None or (dtype is not None and floating - {dtype}):
+            raise _blocked(f"{owner}.to({', '.join(map(repr, args))}) (a dtype/format change)")
+        _warn_once(owner, state)
+        return module
+
+    return to
+
+
+def _make_apply(owner: str):
+    def apply(fn: Any, recurse: bool = True) -> nn.Module:
+        raise _blocked(f"converting {owner} (half()/float()/type()/...)")
+
+    return apply

@@ -51,7 +51,7 @@ class ToyDiT(nn.Module):
 
 def make_pair(**kw) -> tuple[ToyDiT, ToyDiT]:
     torch.manual_seed(1)
-    ref = ToyDiT(**kw).eval()
+    ref = ToyDiT(**kw).eval().requires_grad_(False)
     return ref, copy.deepcopy(ref)
 
 
@@ -156,11 +156,11 @@ def test_wrap_around_prefetch_leaves_no_on_demand_loads_after_the_first_forward(
     handle = swap(model, blocks_to_swap=6, prefetch_blocks=2, placement="spread")
     model(*inputs())
     first = handle.stats()
-    assert first.on_demand_loads == 1  # the very first block; the ring primes the rest
+    assert first.on_demand_loads == 0  # the phase's first forward primes the ring in execution order
     for seed in range(1, 4):
         model(*inputs(seed))
     stats = handle.stats()
-    assert stats.on_demand_loads == 1
+    assert stats.on_demand_loads == 0
     swapped_bytes = sum(handle.blocks[i].nbytes for i in handle.swapped)
     assert stats.bytes_streamed_last_forward == swapped_bytes == stats.bytes_streamed_per_forward
 
@@ -255,14 +255,17 @@ def test_cpu_device_without_test_mode_is_a_logged_no_op(caplog):
 def test_an_error_inside_a_block_leaves_the_engine_consistent():
     ref, model = make_pair()
     handle = swap(model, blocks_to_swap=4, prefetch_blocks=2, placement="first")
+    seen = []
 
-    def boom(module, args):
+    def boom(module, args):  # a child's hook: runs inside the swapped block's wrapped forward
+        seen.append(handle.placement()[2])
         raise KeyboardInterrupt("user cancelled")
 
-    h = model.blocks[2].register_forward_pre_hook(boom)
+    h = model.blocks[2].fc2.register_forward_pre_hook(boom)
     with pytest.raises(KeyboardInterrupt):
         model(*inputs())
     h.remove()
+    assert seen == ["device"]  # raised while block 2 was bound to its slot
     assert handle.placement()[:4] == ["offload"] * 4
     for seed in range(2):
         assert torch.equal(model(*inputs(seed)), ref(*inputs(seed)))
@@ -278,7 +281,7 @@ def test_blocks_run_out_of_order_still_compute_correctly():
     for i in order:
         h_swap, h_ref = model.blocks[i](h_swap, emb), ref.blocks[i](h_ref, ref.emb_in(t[:, None]))
     assert torch.equal(h_swap, h_ref)
-    assert handle.stats().on_demand_loads >= 4
+    assert handle.stats().on_demand_loads >= 3
 
 
 def test_offload_frees_the_device_and_the_next_forward_reloads():
@@ -294,7 +297,7 @@ def test_offload_frees_the_device_and_the_next_forward_reloads():
 
 def test_works_under_inference_mode_and_in_half_precision():
     torch.manual_seed(2)
-    ref = ToyDiT().to(torch.bfloat16).eval()
+    ref = ToyDiT().to(torch.bfloat16).eval().requires_grad_(False)
     model = copy.deepcopy(ref)
     handle = swap(model, blocks_to_swap=5)
     x, t = (v.to(torch.bfloat16) for v in inputs())
