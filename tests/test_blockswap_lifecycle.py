@@ -13,7 +13,7 @@ from torch import nn
 
 from blockswap import BlockSwapConfig, apply_block_swap
 from blockswap.host import SharedTensorError
-from blockswap_double import DeferredBackend
+from blockswap_double import DeferredBackend, MasterReadDetector
 from test_blockswap import ToyDiT, inputs, make_pair, swap
 
 
@@ -93,9 +93,9 @@ class TiedDiT(ToyDiT):
         self.head = nn.Linear(4 * 32, 32, bias=False)
         self.head.weight = self.blocks[5].fc2.weight
 
-    def forward(self, x, t):
-        h = super().forward(x, t)
-        return h + self.head(torch.ones(x.shape[0], 4 * 32)).sum()
+    def forward(self, x, t):  # the head runs before the block that owns its weight
+        bias = self.head(torch.ones(x.shape[0], 4 * 32)).sum()
+        return super().forward(x, t) + bias
 
 
 def test_a_tensor_shared_with_a_swapped_block_is_refused_naming_both():
@@ -114,9 +114,11 @@ def test_a_tensor_shared_between_resident_units_is_packed_once_and_correct():
     handle = apply_block_swap(model, BlockSwapConfig(blocks_to_swap=2, placement="first"), "cuda",
                               backend=DeferredBackend())
     assert model.head.weight is model.blocks[5].fc2.weight
-    with torch.inference_mode():
+    detector = MasterReadDetector([u.buffer for u in handle.blocks + handle.io + handle.loose])
+    with torch.inference_mode(), detector:
         for seed in range(3):
             assert torch.equal(model(*inputs(seed)), ref(*inputs(seed)))
+    assert detector.reads == []
     handle.remove()
 
 
