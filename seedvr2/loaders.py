@@ -84,13 +84,22 @@ class LoadedDiT:
 
     def __post_init__(self) -> None:
         if self.block_swap is not None:
-            self._release = weakref.finalize(self, self.block_swap.remove)
+            # A module-level function and the handle: the finalizer must not reach `self`.
+            self._release = weakref.finalize(self, _remove_block_swap, self.block_swap, Path(self.path).name)
             self._release.atexit = False  # the process is ending: nothing to give back
 
     def release(self) -> None:
         """Give the model back: block swap removed (weights stay on the host). Idempotent."""
         if self._release is not None:
             self._release()
+
+
+def _remove_block_swap(handle: Any, name: str) -> None:
+    """`LoadedDiT`'s finalizer: remove the handle (idempotent), and say so when it was streaming."""
+    active = handle.stats().active
+    handle.remove()
+    if active:
+        log.info("SeedVR2: block swap of %s removed (the loaded DiT was released)", name)
 
 
 @dataclass
