@@ -111,6 +111,7 @@ class ComfyServer:
     root: Path  # the ComfyUI tree (its copy for this run)
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # set for the server process (e.g. SEEDVR2_*)
     port: int = 0
     proc: subprocess.Popen | None = None
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -130,6 +131,7 @@ class ComfyServer:
         self.port = self.port or free_port()
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
+        env.update(self.extra_env)
         cmd = [str(self.python), "main.py", "--cpu", "--listen", HOST, "--port", str(self.port),
                "--disable-auto-launch", *self.extra_args]
         t0 = time.monotonic()
