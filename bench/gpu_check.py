@@ -195,7 +195,7 @@ def check_inference_mode_swap(case: InferenceCase, device: torch.device) -> tupl
         handle.offload()
         swapped_up = upscale(frames, upscale_models(dit, vae), settings)
         stats = handle.stats()
-    expect(stats.blocks_swapped == case.blocks_to_swap and stats.forwards >= 3, f"stats: {stats.summary()}")
+    expect(stats.blocks_swapped == case.blocks_to_swap and stats.forwards >= 1, f"stats: {stats.summary()}")
     dit.release()  # handle removed: the module is plain again, every tensor on the host
 
     with torch.no_grad():
@@ -252,7 +252,7 @@ def check_fresh_slot_race(device: torch.device, quick: bool) -> tuple[str, dict]
     first_swapped = config.swapped_indices(blocks)[0]
     before = model.blocks[first_swapped - 1] if first_swapped > 0 else model.inp
     slot_bytes = max(sum(p.numel() * p.element_size() for p in b.parameters()) for b in model.blocks)
-    recycled: list[int] = []
+    recycled: list[int] = []  # the temporaries' addresses in the current run
 
     def slow_temporaries(module: nn.Module, args: Any, output: Any) -> None:
         # Freed at once but written late: the allocator may hand this memory to the ring slots
@@ -269,7 +269,7 @@ def check_fresh_slot_race(device: torch.device, quick: bool) -> tuple[str, dict]
         expected = ref(x)
     handle = apply_block_swap(model, config, device)
     hook = before.register_forward_hook(slow_temporaries)
-    runs, equal, diffs = (2 if quick else 3), [], []
+    runs, equal, diffs, on_recycled = (2 if quick else 3), [], [], []
     try:
         with torch.inference_mode():
             for _ in range(runs):
@@ -279,15 +279,32 @@ def check_fresh_slot_race(device: torch.device, quick: bool) -> tuple[str, dict]
                 torch.cuda.synchronize()
                 equal.append(torch.equal(out, expected))
                 diffs.append(max_diff(out, expected))
+                on_recycled.append(_slots_on(handle, recycled, slot_bytes + 4096))
                 handle.offload()  # slots dropped: the next forward takes fresh ones again
         stats = handle.stats()
     finally:
         hook.remove()
         handle.remove()
     figures = {"runs": runs, "equal": equal, "max_abs_diff": diffs, "first_swapped_block": first_swapped,
-               "slot_mib": round(slot_bytes / MiB, 1), "summary": stats.summary()}
+               "slot_mib": round(slot_bytes / MiB, 1), "slots_in_recycled_memory": on_recycled,
+               "summary": stats.summary()}
     expect(all(equal), f"first use of fresh ring slots raced recycled memory: equal per run {equal}, max |diff| {diffs}")
-    return f"{runs} runs with fresh slots after slow freed temporaries: all bit-equal", figures
+    where = ("slots took the freed temporaries' memory" if any(on_recycled) else
+             "slots did not land on the temporaries (allocated earlier: no race possible)"
+             if on_recycled and all(v is False for v in on_recycled) else "slot addresses not inspectable")
+    return f"{runs} runs with fresh slots after slow freed temporaries: all bit-equal ({where})", figures
+
+
+def _slots_on(handle: Any, starts: list[int], size: int) -> bool | None:
+    """Whether any ring slot of `handle` lies in one of the ranges [start, start + size) (engine
+    internals, read only for the report; None when they are not there to read)."""
+    try:
+        slots = [b.data_ptr() for b in handle.ring.buffers]
+    except AttributeError:
+        return None
+    if not slots:
+        return None
+    return any(start <= ptr < start + size for ptr in slots for start in starts)
 
 
 def check_refused_pin(device: torch.device) -> tuple[str, dict]:
