@@ -38,7 +38,6 @@ import contextlib
 import copy
 import io
 import json
-import os
 import re
 import subprocess
 import sys
