@@ -12,9 +12,10 @@ Host conditions (ComfyUI's executor), which both loaders guarantee whatever the 
   version counter, and every later op fails). The loaders therefore build, load and apply with
   inference mode off (and grad off): the models hold normal tensors and run in any mode.
 * Release: `LoadedDiT` removes its block-swap handle when it is garbage (ComfyUI drops a loader's
-  cached output when an input changes), and neither the loaded object nor its placement holds a
-  reference cycle, so reference counting alone frees the old model before or while the next one
-  loads: re-running the loader never holds two models.
+  cached output when an input changes, before the loader runs again). Neither the loaded object,
+  its finalizer nor its placement forms a reference cycle, so with a cycle-free engine reference
+  counting alone frees the old model before the next one loads: re-running the loader never
+  holds two models.
 * `SEEDVR2_BLOCKSWAP_CPU=1` (environment): on a CPU device the DiT is placed by block swap in the
   engine's CPU mode (`allow_cpu_device=True`, synchronous copies), exactly as on CUDA, so the
   streaming schedule can run (and be tested) in a real host without a GPU.
@@ -145,7 +146,6 @@ def _load_dit_model(name: str, models_dir: str | os.PathLike, *, device: torch.d
                     cpu_block_swap: bool) -> LoadedDiT:
     from .dit import load_dit
 
-    extra_dirs = list(extra_dirs)
     layout = resolve_model(name, "dit", models_dir, download=download, extra_dirs=extra_dirs)
     dt = compute_dtype(dtype, device)
     # 16-bit compute stores 16-bit weights (an fp32 .pth halves in RAM); fp32 compute keeps the file's

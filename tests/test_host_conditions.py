@@ -224,3 +224,30 @@ def test_rerunning_the_loader_with_a_changed_config_keeps_one_model(tiny, frames
         cache["dit"] = _load(tiny, {"blocks_to_swap": 1, "prefetch_blocks": 1})[0]
         assert cache["dit"].block_swap.stats().blocks_swapped == 1
         _assert_freed(first, "the first DiT")
+
+
+# ------------------------------------------------------------------------------------------------
+# The same on a GPU (skipped without CUDA; bench/gpu_check.py runs it, and a full-size 3B).
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_loaders_under_inference_mode_swapped_equals_resident(tiny, frames):
+    from seedvr2.pipeline import UpscaleModels
+    from seedvr2.placement import ModulePlacement
+
+    with torch.inference_mode():
+        dit = load_dit_model(tiny.dit.name, tiny.models_dir, device="cuda", dtype="fp32", block_swap=HALF,
+                             download=False)
+        vae = load_vae_model(tiny.vae.name, tiny.models_dir, device="cuda", dtype="fp32", tiling=EXACT_VAE,
+                             download=False)
+        assert not _no_inference_tensors(dit.module) and not _no_inference_tensors(vae.module)
+        out = upscale(frames, upscale_models(dit, vae), SETTINGS)
+    stats = dit.block_swap.stats()
+    assert stats.active and stats.blocks_swapped == BLOCKS // 2 and stats.forwards >= 1, stats.summary()
+    dit.release()
+    with torch.no_grad():
+        dit.module.to("cuda")
+    with torch.inference_mode():
+        models = UpscaleModels(dit.module, vae.module, dit.pos_emb, "cuda", ModulePlacement(dit.module, "cuda"),
+                               ModulePlacement(vae.module, "cuda"), EXACT_VAE)
+        expected = upscale(frames, models, SETTINGS)
+    assert torch.equal(out, expected)
