@@ -48,6 +48,9 @@ def plan_outputs(input_path: str | os.PathLike, output: str | os.PathLike, *, fr
     """
     path = Path(output)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise MediaError(f"-o {path} is a folder; give a file name inside it, e.g. "
+                         f"{path / ('out' + ('.mp4' if input_is_video else '.png'))}")
     if not (is_image_path(path) or is_video_path(path)):
         raise MediaError(
             f"-o {path}: unknown output format {suffix or '(no extension)'!r}; use a video extension "
@@ -57,8 +60,6 @@ def plan_outputs(input_path: str | os.PathLike, output: str | os.PathLike, *, fr
         raise MediaError(f"-o {path}: the input is an image, so the output is an image too; use .png (or .jpg, "
                          ".webp, ...)")
     folder = path.parent
-    if path.is_dir():
-        raise MediaError(f"-o {path} is a folder; give a file name inside it, e.g. {path / ('out' + ('.mp4' if video else '.png'))}")
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise MediaError(f"-o {path}: the folder {folder} {what}; create it first or choose another -o")
