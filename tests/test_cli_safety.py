@@ -189,21 +189,19 @@ def test_bad_inputs_end_in_one_line_naming_the_input(models_dir, tmp_path, capsy
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     err = cli_error("--device", "cpu", "--models-dir", a_file / "SEEDVR2")
-    assert f"models folder {a_file / 'SEEDVR2'} cannot be created: part of that path is a file" in err
+    assert f"error: models folder {a_file / 'SEEDVR2'} cannot be created: part of that path ({a_file}) is a file" in err
 
     read_only = tmp_path / "read_only"
     read_only.mkdir()
     if os.geteuid() == 0:  # root writes anywhere: simulate the read-only folder at the OS boundary
-        import pathlib
-
-        def refuse(self, *args, **kwargs):
-            raise PermissionError(13, "Permission denied", str(self))
-        monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == read_only
+                            else real_access(path, mode, **kw))
     else:
         read_only.chmod(0o555)
     err = cli_error("--device", "cpu", "--models-dir", read_only)
     monkeypatch.undo()
-    assert f"models folder {read_only} is not writable" in err
+    assert err.startswith(f"error: models folder {read_only} is not writable")
     assert "ema_vae_fp16.safetensors (501,324,814 bytes" in err  # and says what to fetch by hand
 
     from seedvr2.vae import load_vae

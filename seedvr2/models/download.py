@@ -132,8 +132,9 @@ def download_model_file(entry: ModelFile, models_dir: str | os.PathLike) -> Path
     models_dir = Path(models_dir)
     target = models_dir / entry.name
     staging = models_dir / STAGING_DIR
-    prepare_models_dir(models_dir, [entry])
-    check_network(hub_endpoint(huggingface_hub), [entry], models_dir)
+    check_models_dir(models_dir, [entry])
+    check_network(hub_endpoint(), [entry], models_dir)
+    _make_staging(staging, entry, models_dir)
     log.info("SeedVR2: downloading %s (%.2f GB) from %s into %s", entry.name, entry.size / 1e9, entry.repo, models_dir)
     try:
         with _one_copy_of_hub_logs():
@@ -163,38 +164,46 @@ def manual_download_text(entries: Iterable[ModelFile], folder: str | os.PathLike
                      for m in entries)
 
 
-def prepare_models_dir(models_dir: str | os.PathLike, entries: Iterable[ModelFile]) -> None:
-    """Create `models_dir` (and its staging folder) for a download, or say why it cannot be used."""
+def check_models_dir(models_dir: str | os.PathLike, entries: Iterable[ModelFile]) -> None:
+    """Say why `models_dir` cannot receive downloads (a file in its path, not writable), creating
+    nothing: the folder is made only when a download actually starts."""
     models_dir = Path(models_dir)
     manual = manual_download_text(entries, models_dir)
+    existing = models_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ModelFileError(
+            f"models folder {models_dir} cannot be created: part of that path ({existing}) is a file, not a folder. "
+            f"Choose another models folder (--models-dir), or download the files yourself:\n{manual}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ModelFileError(
+            f"models folder {models_dir} is not writable ({existing} is read-only for this user), so missing files "
+            f"cannot be downloaded into it. Choose a writable models folder (--models-dir), or download the files "
+            f"yourself:\n{manual}")
+
+
+def _make_staging(staging: Path, entry: ModelFile, models_dir: Path) -> None:
     try:
-        (models_dir / STAGING_DIR).mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ModelFileError(
-            f"models folder {models_dir} cannot be created: part of that path is a file, not a folder. Choose "
-            f"another models folder (--models-dir), or download the files yourself:\n{manual}") from None
-    except PermissionError:
-        raise ModelFileError(
-            f"models folder {models_dir} is not writable (permission denied), so missing files cannot be downloaded "
-            f"into it. Choose a writable models folder (--models-dir), or download the files yourself:\n{manual}"
-        ) from None
+        staging.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ModelFileError(f"models folder {models_dir} cannot be used ({exc.strerror or exc}). Download the "
-                             f"files yourself:\n{manual}") from None
-    if not os.access(models_dir, os.W_OK | os.X_OK) or not os.access(models_dir / STAGING_DIR, os.W_OK | os.X_OK):
-        raise ModelFileError(
-            f"models folder {models_dir} is not writable, so missing files cannot be downloaded into it. Choose a "
-            f"writable models folder (--models-dir), or download the files yourself:\n{manual}")
+        raise ModelFileError(f"models folder {models_dir} cannot be used ({exc.strerror or exc}). Download the file "
+                             f"yourself:\n{manual_download_text([entry], models_dir)}") from None
 
 
 class NoNetworkError(ModelFileError):
     """The download host cannot be reached at all (no network, DNS failure, refused connection)."""
 
 
-def hub_endpoint(hub=None) -> str:
-    """The Hugging Face endpoint downloads use (HF_ENDPOINT, as huggingface_hub reads it)."""
-    constants = getattr(hub, "constants", None)
-    return getattr(constants, "ENDPOINT", None) or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+def hub_endpoint() -> str:
+    """The Hugging Face endpoint downloads use (HF_ENDPOINT, as huggingface_hub read it at import)."""
+    try:
+        from huggingface_hub import constants
+
+        endpoint = getattr(constants, "ENDPOINT", None)
+    except ImportError:
+        endpoint = None
+    return endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
 
 
 def check_network(endpoint: str, entries: Iterable[ModelFile], folder: str | os.PathLike,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..text_embeds import load_pos_emb
-from .download import (ModelFileError, NoNetworkError, download_model_file, ensure_model_file, find_model_file,
+from .download import (ModelFileError, NoNetworkError, check_models_dir, download_model_file, ensure_model_file, find_model_file,
                        guess_kind, manual_download_text)
 from .layout import CheckpointLayout, expect_kind, inspect_checkpoint
 from .registry import COMFY_ORG, POS_EMB_FILE, ModelFile, known_file, known_files
@@ -121,6 +121,7 @@ def preflight(dit: str | None, vae: str | None, models_dir: str | os.PathLike, *
         raise ModelFileError(
             f"{len(missing)} model file(s) not found in {models_dir} and downloads are off. Download them yourself "
             f"(or enable downloads):\n{manual_download_text(missing, models_dir)}")
+    check_models_dir(models_dir, missing)  # before any download: one message naming all files
     failed: list[ModelFile] = []
     reasons: list[str] = []
     last_error: ModelFileError | None = None
