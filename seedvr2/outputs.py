@@ -133,6 +133,14 @@ class AtomicOutputs:
                 log.warning("could not remove the temporary file %s (%s)", temp, exc.strerror)
 
     def __enter__(self) -> "AtomicOutputs":
+        """Create the temporary files now (empty): the names are taken, and visible, from the start."""
+        try:
+            for temp in self.temps:
+                with open(temp, "wb"):
+                    pass
+        except BaseException:
+            self.discard()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

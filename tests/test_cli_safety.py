@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,32 +70,63 @@ def partials(folder: Path) -> list[Path]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_an_interrupted_run_keeps_the_previous_output_and_leaves_no_debris(models_dir, tmp_path, sig):
-    """Subprocess of `python -m seedvr2 ... -y` over an existing output, signalled while it writes."""
-    src = write_video(tmp_path / "clip.mp4", frames=31)
+    """Subprocess of `python -m seedvr2 ... -y` over an existing output, signalled while it decodes
+    and writes frames (seen on its progress bar). Slow (~5-15 s each): a fresh Python imports torch."""
+    src = write_video(tmp_path / "clip.mp4", frames=21)
     out = tmp_path / "clip_up.mp4"
     out.write_bytes(b"the previous good output")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "seedvr2", *cli_args(models_dir, src, "-o", out, "-y", "-q",
-                                                                        "--resolution", "16", "--vae-tile-size", "0")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not partials(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)  # the temporary output appears when the first frames are encoded
-    assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
-    assert partials(tmp_path), "no temporary output appeared beside the target"
+    proc = subprocess.Popen([sys.executable, "-m", "seedvr2", *cli_args(models_dir, src, "-o", out, "-y",
+                                                                        "--resolution", "48", "--vae-tile-size", "0")],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = _StderrWatcher(proc)
+    assert err.wait_for(r"VAE decode.*\b[1-9]\d*/5\b", timeout=120), f"never reached the decode: {err.text}"
+    assert proc.poll() is None, f"the run ended before it could be interrupted: {err.text}"
+    assert partials(tmp_path), "no temporary output beside the target while the run writes"
     assert out.read_bytes() == b"the previous good output", "the target was touched before the run finished"
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    err.join()
 
     assert out.read_bytes() == b"the previous good output"
     if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+        assert proc.returncode == 130 and "interrupted" in err.text and "Traceback" not in err.text, err.text
         assert partials(tmp_path) == [], "Ctrl-C left a temporary file behind"
     else:
         assert proc.returncode == -signal.SIGKILL
         left = partials(tmp_path)
         assert all(p.name.startswith(".clip_up" + PARTIAL_MARK) and p != out for p in left), left
     assert sorted(p.name for p in tmp_path.iterdir() if PARTIAL_MARK not in p.name) == ["clip.mp4", "clip_up.mp4"]
+
+
+class _StderrWatcher:
+    """Collects a subprocess's stderr on a thread, so the test can wait for a pattern in it."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self._chunks: list[bytes] = []
+        self._thread = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        while chunk := os.read(stream.fileno(), 4096):
+            self._chunks.append(chunk)
+
+    @property
+    def text(self) -> str:
+        return b"".join(self._chunks).decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.text):
+                return True
+            if not self._thread.is_alive():
+                return bool(re.search(pattern, self.text))
+            time.sleep(0.005)
+        return False
+
+    def join(self) -> None:
+        self._thread.join(timeout=30)
 
 
 def test_a_failed_run_leaves_nothing_at_the_target(models_dir, tmp_path, capsys, monkeypatch):
@@ -154,7 +187,7 @@ def test_output_problems_are_reported_before_any_work(tmp_path, capsys, output, 
                  "--no-download", "--device", "cpu", "-q"])
     err = capsys.readouterr().err
     assert code == 2 and "model" not in err.split(":", 1)[1].split(";")[0], err
-    assert __import__("re").search(expected, err), err
+    assert re.search(expected, err), err
     assert len(err.strip().splitlines()) == 1, err
     assert time.monotonic() - started < 5
     assert all((tmp_path / f"frames_{i:05d}.png").read_bytes() == b"keep" for i in (0, 4, 8))
