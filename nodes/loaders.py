@@ -43,6 +43,8 @@ def check_model_file(model: object, kind: str) -> bool | str:
     define `validate_inputs`): the name must be confined to the SeedVR2 model folders or be a known
     download (`model_folder.confined_model`), and a local file must hold a model of `kind` (its
     header only is read). True when fine, else the message ComfyUI shows under the input."""
+    if model is None:
+        return True  # linked from another node: known only when it runs; `execute` confines it then
     try:
         target = model_folder.confined_model(model, kind)
     except ModelFileError as exc:
