@@ -139,3 +139,12 @@ def test_cli_reports_all_missing_files_before_loading_anything_large(tmp_path, c
     assert code == 2 and err.startswith("error: 2 model file(s) not found in"), err
     _assert_lists(err, [POS_EMB_FILE, DEFAULT_VAE], models)
     assert torch.is_tensor(torch.zeros(1))  # (the process is still fine)
+
+
+def test_the_readme_table_gives_each_files_registry_size_and_url():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in (DEFAULT_DIT, DEFAULT_VAE, POS_EMB_FILE):
+        entry = known_file(name)
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{name}` |")), None)
+        assert row is not None, f"README's model-file table has no row for {name}"
+        assert f"{entry.size:,} bytes" in row and entry.url in row, row
