@@ -178,7 +178,11 @@ def test_the_input_is_never_an_output_under_any_name_or_link(tmp_path, capsys):
     ("frames.png", r"3 of the 9 numbered output files exist \(frames_00000.png, frames_00004.png, frames_00008"),
 ])
 def test_output_problems_are_reported_before_any_work(tmp_path, capsys, output, expected):
+    """Before the input is decoded (an undecodable input is reported only after the output's
+    problem, except when the frame count decides the names) and before any model loads."""
     src = write_video(tmp_path / "clip.mp4", frames=9)
+    if output != "frames.png":
+        src.write_bytes(b"not a video, and never read")
     (tmp_path / "a_folder").mkdir()
     for i in (0, 4, 8):
         (tmp_path / f"frames_{i:05d}.png").write_bytes(b"keep")

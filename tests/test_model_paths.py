@@ -51,6 +51,7 @@ def test_only_names_inside_the_model_folders_resolve(folders):
         "../../../outside/x.safetensors", "sub/../../../outside/x.safetensors", str(outside / "x.safetensors"),
         str(models / "mine.safetensors"),  # absolute, even inside: prompts carry names, not paths
         "escape.safetensors", "dirlink/x.safetensors", "dirlink/../mine.safetensors",
+        "sub/../mine.safetensors",  # resolves inside, but names with '..' are never honoured
         "..\\..\\outside\\x.safetensors", "C:\\models\\x.safetensors", "mine.safetensors\x00.png",
         "/etc/passwd", "missing.safetensors", "", None, 42, "sub", "pos_emb.pt", "x" * 5000 + ".safetensors",
     ]
