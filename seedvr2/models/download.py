@@ -160,8 +160,13 @@ def download_model_file(entry: ModelFile, models_dir: str | os.PathLike) -> Path
 
 def manual_download_text(entries: Iterable[ModelFile], folder: str | os.PathLike) -> str:
     """One line per file: name, size, URL and the folder to put it in (for a manual download)."""
-    return "\n".join(f"  {m.name} ({m.size:,} bytes, {m.size / 1e9:.2f} GB) from {m.url} into {folder}"
+    folder = os.path.abspath(folder)
+    return "\n".join(f"  {m.name} ({m.size:,} bytes, {_readable(m.size)}) from {m.url} into {folder}"
                      for m in entries)
+
+
+def _readable(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 
 def check_models_dir(models_dir: str | os.PathLike, entries: Iterable[ModelFile]) -> None:
@@ -246,7 +251,7 @@ def check_network(endpoint: str, entries: Iterable[ModelFile], folder: str | os.
             reason = f"cannot connect to {host}:{port}: {exc.strerror or exc}"
     entries = list(entries)
     raise NoNetworkError(
-        f"no network: {reason or f'no address for {host}'}. Download " +
+        f"no network: {reason or f'no address for {host}'}.\nDownload " +
         ("this file" if len(entries) == 1 else "these files") +
         f" yourself (or retry when online):\n{manual_download_text(entries, folder)}")
 
