@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import seedvr2.models.download as download
 from seedvr2.cli import main
@@ -143,7 +142,6 @@ def test_cli_reports_all_missing_files_before_loading_anything_large(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: 2 model file(s) not found in"), err
     _assert_lists(err, [POS_EMB_FILE, DEFAULT_VAE], models)
-    assert torch.is_tensor(torch.zeros(1))  # (the process is still fine)
 
 
 def test_the_readme_table_gives_each_files_registry_size_and_url():
