@@ -2,6 +2,8 @@
 `blockswap`: no weight reaches the GPU at load; blocks move on first use (swapped ones per use)."""
 from __future__ import annotations
 
+import os
+
 import torch
 from comfy_api.latest import io
 
@@ -36,13 +38,21 @@ def model_input(kind: str, default: str, what: str) -> io.Combo.Input:
                  "Known files that are not there yet download from Hugging Face on first use."))
 
 
-def check_model_file(model: str, kind: str) -> bool | str:
-    """Queue-time check of a local model file's kind (reads the header only); True when fine."""
-    path = find_model_file(model, model_folder.model_dirs())
-    if path is None:
-        return True  # a known name downloads on execution; an unknown one fails there with its message
+def check_model_file(model: object, kind: str) -> bool | str:
+    """Queue-time check of the `model` input (ComfyUI skips its own list check because the loaders
+    define `validate_inputs`): the name must be confined to the SeedVR2 model folders or be a known
+    download (`model_folder.confined_model`), and a local file must hold a model of `kind` (its
+    header only is read). True when fine, else the message ComfyUI shows under the input."""
+    if model is None:
+        return True  # linked from another node: known only when it runs; `execute` confines it then
     try:
-        checked_layout(path, kind)
+        target = model_folder.confined_model(model, kind)
+    except ModelFileError as exc:
+        return str(exc)
+    if target == model and not os.path.isabs(target) and find_model_file(target, model_folder.model_dirs()) is None:
+        return True  # a known name that is not there yet: it downloads on execution
+    try:
+        checked_layout(target, kind)
     except (CheckpointError, ModelFileError, ValueError) as exc:
         return str(exc)  # ComfyUI shows it under the input name ("model - ...")
     return True
@@ -81,6 +91,7 @@ class LoadDiTNode(io.ComfyNode):
     @classmethod
     def execute(cls, model: str, device: str, dtype: str, attention: str,
                 block_swap_config: dict | None = None) -> io.NodeOutput:
+        model = model_folder.confined_model(model, "dit")  # also when the name came through a link
         dit = load_dit_model(model, model_folder.download_dir(), device=resolve_device(device), dtype=dtype,
                              attention=attention, block_swap=block_swap_config, extra_dirs=model_folder.model_dirs())
         return io.NodeOutput(dit)
@@ -118,6 +129,7 @@ class LoadVAENode(io.ComfyNode):
     @classmethod
     def execute(cls, model: str, dtype: str, tile_size: int, tile_overlap: int, chunk_frames: int) -> io.NodeOutput:
         tiling = VAETiling(tile_size or None, tile_overlap, chunk_frames or None)
+        model = model_folder.confined_model(model, "vae")
         vae = load_vae_model(model, model_folder.download_dir(), device=mm.get_torch_device(), dtype=dtype,
                              tiling=tiling, extra_dirs=model_folder.model_dirs())
         return io.NodeOutput(vae)

@@ -95,24 +95,26 @@ def _safetensors_header(path: Path) -> tuple[dict[str, tuple[torch.dtype, tuple[
     metadata = header.pop("__metadata__", None) or {}
     data_start = 8 + header_len
     entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
-    for name, info in header.items():
+    for index, (name, info) in enumerate(header.items()):
+        # Messages say "tensor #i", never the key: the file may be anything (not ours) at this point.
+        which = f"tensor #{index + 1} of {len(header)}"
         try:
             dtype_name, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}: {info!r}") from None
+            raise CheckpointError(f"{path}: malformed header entry for {which}; the file is damaged") from None
         dtype = SAFETENSORS_DTYPES.get(dtype_name)
         if dtype is None:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype_name}, which this loader does not "
+            raise CheckpointError(f"{path}: {which} has dtype {str(dtype_name)[:16]!r}, which this loader does not "
                                   f"support (supported: {', '.join(SAFETENSORS_DTYPES)})")
         numel = 1
         for d in shape:
             numel *= d
         nbytes = numel * dtype.itemsize
         if end - begin != nbytes or begin < 0:
-            raise CheckpointError(f"{path}: tensor {name!r} ({dtype_name}, shape {list(shape)}) should take "
+            raise CheckpointError(f"{path}: {which} ({dtype_name}, shape {list(shape)}) should take "
                                   f"{nbytes} bytes but its offsets [{begin}, {end}) give {end - begin}; the file is damaged")
         if data_start + end > size:
-            raise CheckpointError(f"{path}: tensor {name!r} ends at byte {data_start + end} but the file has only "
+            raise CheckpointError(f"{path}: {which} ends at byte {data_start + end} but the file has only "
                                   f"{size} bytes: the file is truncated (interrupted download?); download it again")
         entries[name] = (dtype, shape, data_start + begin, data_start + end)
     return entries, {str(k): str(v) for k, v in metadata.items()}, size

@@ -3,7 +3,10 @@
 Same options as the ComfyUI upscaler node (seed, resolution, max_resolution, batch_size,
 temporal_overlap, color_correction) plus model files, device, precision, block swap and VAE
 tiling. Missing known model files download into --models-dir (default ./models/SEEDVR2) unless
---no-download. Video output keeps the input frame rate; PNG output keeps alpha.
+--no-download; every missing file is reported at once, before anything large loads. Video output
+keeps the input frame rate and has even sides (4:2:0; --exact-size keeps an odd size); PNG output
+keeps alpha. Outputs are checked before any work and written to a temporary file beside the
+target, renamed into place only when the run succeeds; an input is never overwritten.
 
 Examples:
     python -m seedvr2 clip.mp4 -o clip_1080p.mp4 --resolution 1080 --batch-size 21 --temporal-overlap 2
@@ -12,8 +15,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,11 +28,16 @@ import torch
 
 from .checkpoint import CheckpointError
 from .color import COLOR_CORRECTIONS
-from .loaders import DTYPES, LoadedDiT, load_dit_model, load_vae_model, upscale_models
-from .models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError
-from .pipeline import TensorSink, UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling, upscale
+from .loaders import DTYPES, LoadedDiT, compute_dtype, load_dit_model, load_vae_model, upscale_models
+from .models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError, preflight
+from .outputs import AtomicOutputs, OutputPlan, plan_outputs
+from .pipeline import (NonFiniteOutputError, TensorSink, UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling,
+                       check_host_memory, host_memory_needed, upscale)
+from .pipeline.run import wxh
 from .pipeline.settings import validate_upscale_inputs
-from .video_io import MediaError, VideoWriter, is_image_path, read_media, write_images
+from .preprocess import plan_geometry
+from .video_io import (DEFAULT_CRF, MediaError, VideoWriter, check_crf, is_image_path, is_video_path, read_media,
+                       write_images)
 
 log = logging.getLogger("seedvr2")
 
@@ -75,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--vae-tile-overlap", type=int, default=64, help="VAE tile overlap in pixels (default 64)")
     d.add_argument("--vae-chunk-frames", type=int, default=4,
                    help="frames per causal VAE chunk, multiple of 4, 0 = whole batch (default 4)")
-    d.add_argument("--crf", type=int, default=17, help="video quality for H.264/VP9 output (default 17)")
+    d.add_argument("--crf", type=int, default=DEFAULT_CRF,
+                   help=f"video quality, lower = better: 0-51 for H.264 (.mp4/.mkv/.mov), 0-63 for VP9 (.webm) "
+                        f"(default {DEFAULT_CRF})")
+    d.add_argument("--exact-size", action="store_true",
+                   help="video output: keep the exact planned size even with an odd side (written as 4:4:4, which "
+                        "many players cannot play); by default odd sides are rounded to even (4:2:0)")
 
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -94,50 +111,142 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
+    with _sigterm_as_exit():
+        try:
+            return run(args)
+        except (UpscaleInputError, CheckpointError, ModelFileError, MediaError, NonFiniteOutputError,
+                ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except torch.OutOfMemoryError as exc:
+            print(f"error: out of memory ({str(exc).splitlines()[0]}). Try --blocks-to-swap (e.g. 16), a smaller "
+                  "--batch-size, a smaller --vae-tile-size, or a lower --resolution.", file=sys.stderr)
+            return 3
+        except OSError as exc:  # disk full, permissions, ... while reading or writing
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """SIGTERM ends the run like Ctrl-C does (cleanup runs: no temporary output is left behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return run(args)
-    except (UpscaleInputError, CheckpointError, ModelFileError, MediaError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except torch.OutOfMemoryError as exc:
-        print(f"error: out of memory ({str(exc).splitlines()[0]}). Try --blocks-to-swap (e.g. 16), a smaller "
-              "--batch-size, a smaller --vae-tile-size, or a lower --resolution.", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     settings = UpscaleSettings(
         resolution=args.resolution, max_resolution=args.max_resolution, batch_size=args.batch_size,
         temporal_overlap=args.temporal_overlap, color_correction=args.color_correction, seed=args.seed,
         official_area=args.official_area)
     output = args.output or _default_output(args.input)
-    if output.exists() and not args.overwrite:
-        raise MediaError(f"{output} exists; pass -y/--overwrite to replace it or choose another -o")
+    input_is_video = not is_image_path(args.input)
+    # Everything about the output is checked before the input is read and before any model loads.
+    plan_outputs(args.input, output, frames=None, input_is_video=input_is_video, overwrite=args.overwrite)
+    if is_video_path(output):
+        check_crf(args.crf, output, option="--crf")
     frames, fps = read_media(args.input)
-    geometry = validate_upscale_inputs(frames, settings)  # before any model is loaded
-    log.info("%s: %d frame(s) %dx%d -> %dx%d", args.input, frames.shape[0], *geometry.input_hw, *geometry.output_hw)
+    plan = plan_outputs(args.input, output, frames=frames.shape[0], input_is_video=fps is not None,
+                        overwrite=args.overwrite)
+    settings = _video_settings(frames, settings, plan, args.exact_size)
+    geometry = validate_upscale_inputs(frames, settings)
+    log.info("%s: %d frame(s) %s -> %s", args.input, frames.shape[0], wxh(geometry.input_hw), wxh(geometry.output_hw))
+    _check_memory(frames, geometry, settings, plan, device, args)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    preflight(args.dit, args.vae, args.models_dir, download=not args.no_download)  # all missing files in one go
     models, dit = load_models(args, device)
     started = time.perf_counter()
-    with ProgressBar(enabled=not args.quiet) as bar:
-        if fps is None or is_image_path(output):
+    with AtomicOutputs(plan) as files, ProgressBar(enabled=not args.quiet) as bar:
+        if plan.video:
+            with VideoWriter(files.temp, fps, crf=args.crf, label=plan.path) as writer:
+                upscale(frames, models, settings, sink=writer, progress=bar.update)
+        else:
             sink = TensorSink(frames.shape[0], *geometry.output_hw, frames.shape[-1], torch.uint8)
             upscale(frames, models, settings, sink=sink, progress=bar.update)
-            written = write_images(output, sink.result())
-            where = written[0] if len(written) == 1 else f"{len(written)} images {written[0]} ..."
-        else:
-            with VideoWriter(output, fps, crf=args.crf) as writer:
-                upscale(frames, models, settings, sink=writer, progress=bar.update)
-            where = output
+            write_images(plan.path, sink.result(), targets=files.temps)
+        written = files.commit()
+    where = written[0] if len(written) == 1 else f"{len(written)} images {written[0]} ..."
     if dit.block_swap is not None:
         log.info("block swap: %s", dit.block_swap.stats().summary())
     dit.release()
     log.info("wrote %s in %.1f s", where, time.perf_counter() - started)
     return 0
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """--device -> a usable torch.device, or UpscaleInputError saying why not and what to do.
+
+    Tells a torch build without CUDA from a machine where no CUDA GPU is visible.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UpscaleInputError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N (N = GPU index) or mps")
+    if device.type == "cuda":
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise UpscaleInputError(
+                f"--device {name}: this torch build has no CUDA (torch {torch.__version__}); install a CUDA build "
+                "of PyTorch (https://pytorch.org/get-started/locally/) or use --device cpu")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UpscaleInputError(
+                f"--device {name}: no CUDA GPU is visible on this machine (torch {torch.__version__} has CUDA "
+                f"{torch.version.cuda or torch.version.hip}); check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES, "
+                "or use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise UpscaleInputError(f"--device {name}: only {count} CUDA GPU(s) are visible (cuda:0 .. cuda:{count - 1})")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UpscaleInputError(f"--device {name}: no Apple GPU (MPS) is available here; use --device cpu")
+    elif device.type != "cpu":
+        raise UpscaleInputError(f"--device {name}: {device.type} devices are not supported; use cpu, cuda[:N] or mps")
+    return device
+
+
+def _video_settings(frames: torch.Tensor, settings: UpscaleSettings, plan: OutputPlan,
+                    exact_size: bool) -> UpscaleSettings:
+    """Video output gets even sides (4:2:0, what players expect) unless --exact-size; the change is logged."""
+    if not plan.video or exact_size or settings.official_area is not None:
+        return settings
+    even = dataclasses.replace(settings, even_size=True)
+    _, h, w, _ = frames.shape
+    try:
+        exact_hw = plan_geometry(h, w, settings.resize_rule).output_hw
+        even_hw = plan_geometry(h, w, even.resize_rule).output_hw
+    except ValueError:
+        return settings  # validate_upscale_inputs reports it
+    if exact_hw != even_hw:
+        log.info("video output %s -> %s: even sides for 4:2:0 video (yuv420p), which every player plays "
+                 "(--exact-size keeps %s, written as 4:4:4)", wxh(exact_hw), wxh(even_hw), wxh(exact_hw))
+    return even
+
+
+def _check_memory(frames: torch.Tensor, geometry, settings: UpscaleSettings, plan: OutputPlan,
+                  device: torch.device, args: argparse.Namespace) -> None:
+    """Refuse, before any model loads, a run whose output cannot fit in host memory."""
+    vae_dtype = compute_dtype(args.dtype, device)
+    estimate = host_memory_needed(
+        frames.shape[0], frames.shape[-1], geometry, settings,
+        output_dtype=None if plan.video else torch.uint8, vae_itemsize=torch.empty((), dtype=vae_dtype).element_size(),
+        canvas_on_host=bool(args.vae_tile_size) or device.type == "cpu")
+    check_host_memory(estimate, geometry, settings, frames.shape[0])
 
 
 def load_models(args: argparse.Namespace, device: torch.device) -> tuple[UpscaleModels, LoadedDiT]:
@@ -161,7 +270,12 @@ def _default_output(path: Path) -> Path:
 
 
 class ProgressBar:
-    """Per-phase progress on stderr: tqdm when it is installed, else a plain one-line bar."""
+    """Per-phase progress on stderr: tqdm when it is installed, else a plain one-line bar.
+
+    While the bar is open, log records go through it (`write_line`): the bar is cleared, the
+    record printed on a line of its own, the bar redrawn, so a log line and a bar never share a
+    line of the terminal.
+    """
 
     PHASES = {"encode": "VAE encode", "dit": "DiT", "decode": "VAE decode"}
 
@@ -169,6 +283,8 @@ class ProgressBar:
         self.enabled = enabled
         self._tqdm = None
         self._bar = None
+        self._open_line: str | None = None  # the plain bar's text while its line is unfinished
+        self._swapped: list[tuple[logging.Handler, logging.Handler]] = []
         if enabled:
             try:
                 from tqdm import tqdm
@@ -189,17 +305,61 @@ class ProgressBar:
             return
         width = 30
         filled = width * done // max(total, 1)
-        end = "\n" if done == total else ""
-        print(f"\r{label:>10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} batches", end=end,
-              file=sys.stderr, flush=True)
+        text = f"{label:>10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} batches"
+        self._open_line = None if done == total else text
+        print(f"\r{text}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    def write_line(self, text: str) -> None:
+        """Print one log line above the bar."""
+        if self._tqdm is not None and self._bar is not None:
+            self._tqdm.write(text, file=sys.stderr)
+            return
+        if self._open_line is not None:
+            sys.stderr.write("\r" + " " * len(self._open_line) + "\r" + text + "\n\r" + self._open_line)
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
     def _close_bar(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self._open_line is not None:
+            sys.stderr.write("\n")
+            self._open_line = None
 
     def __enter__(self) -> "ProgressBar":
+        if self.enabled:
+            root = logging.getLogger()
+            for handler in list(root.handlers):
+                if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.__stderr__):
+                    through_bar = _ThroughBar(self, handler)
+                    root.removeHandler(handler)
+                    root.addHandler(through_bar)
+                    self._swapped.append((handler, through_bar))
         return self
 
     def __exit__(self, *exc) -> None:
         self._close_bar()
+        root = logging.getLogger()
+        for handler, through_bar in self._swapped:
+            root.removeHandler(through_bar)
+            root.addHandler(handler)
+        self._swapped.clear()
+
+
+class _ThroughBar(logging.Handler):
+    """Formats records like the handler it stands in for, and prints them via the progress bar."""
+
+    def __init__(self, bar: ProgressBar, original: logging.Handler):
+        super().__init__(original.level)
+        self.bar, self.original = bar, original
+        self.setFormatter(original.formatter)
+        for f in original.filters:
+            self.addFilter(f)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.bar.write_line(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never break the run
+            self.handleError(record)

@@ -42,7 +42,7 @@ try:  # inside the ComfyUI pack, `blockswap` is our sibling package (the pack fo
 except ImportError:  # `seedvr2` imported from the repository root (CLI, tests, benchmarks)
     import blockswap
 
-from .models import resolve_model, resolve_pos_emb
+from .models import preflight, resolve_model, resolve_pos_emb
 from .pipeline import UpscaleModels, VAETiling
 from .placement import ModulePlacement, Placement
 from .text_embeds import load_pos_emb
@@ -146,6 +146,7 @@ def _load_dit_model(name: str, models_dir: str | os.PathLike, *, device: torch.d
                     cpu_block_swap: bool) -> LoadedDiT:
     from .dit import load_dit
 
+    preflight(name, None, models_dir, download=download, extra_dirs=extra_dirs)  # DiT + pos_emb, one report
     layout = resolve_model(name, "dit", models_dir, download=download, extra_dirs=extra_dirs)
     dt = compute_dtype(dtype, device)
     # 16-bit compute stores 16-bit weights (an fp32 .pth halves in RAM); fp32 compute keeps the file's

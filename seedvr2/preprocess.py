@@ -31,10 +31,15 @@ MULTIPLE = 16  # VAE 8x spatial down-sampling times the DiT's 2x2 patch
 
 @dataclass(frozen=True)
 class SideResize:
-    """Short side to `resolution`, long side capped at `max_resolution` (0 = no cap)."""
+    """Short side to `resolution`, long side capped at `max_resolution` (0 = no cap).
+
+    even: round both output sides to even numbers (what 4:2:0 video needs): the free side to the
+    nearest even size of its exact scaled length, a pinned odd side 1 px down.
+    """
 
     resolution: int
     max_resolution: int = 0
+    even: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,8 @@ def _plan_area(height: int, width: int, rule: AreaResize) -> FrameGeometry:
     ch, cw = rh - rh % MULTIPLE, rw - rw % MULTIPLE
     if ch < MULTIPLE or cw < MULTIPLE:
         raise ValueError(
-            f"official area resize of a {height}x{width} frame to about {rule.height}x{rule.width} "
-            f"pixels gives {rh}x{rw}, which crops to {ch}x{cw}; both sides must be at least "
+            f"official area resize of a {width}x{height} (WxH) frame to about {rule.height}x{rule.width} "
+            f"(HxW) pixels gives {rw}x{rh}, which crops to {cw}x{ch}; both sides must be at least "
             f"{MULTIPLE}. Use a larger target area."
         )
     top, left = int(round((rh - ch) / 2)), int(round((rw - cw) / 2))
@@ -118,16 +123,19 @@ def _plan_side(height: int, width: int, rule: SideResize) -> FrameGeometry:
         scale = rule.max_resolution / long
 
     def side(n: int) -> int:
-        # The pinned side is exact; the other rounds half up.
+        # The pinned side is exact; the other rounds half up (to the nearest even size with `even`).
         if n == (long if capped else short):
-            return rule.max_resolution if capped else rule.resolution
+            pinned = rule.max_resolution if capped else rule.resolution
+            return pinned - pinned % 2 if rule.even else pinned
+        if rule.even:
+            return 2 * math.floor(n * scale / 2 + 0.5)
         return math.floor(n * scale + 0.5)
 
     oh, ow = side(height), side(width)
     if min(oh, ow) < MULTIPLE:
         raise ValueError(
-            f"max_resolution={rule.max_resolution} caps the long side of this {height}x{width} input, "
-            f"which leaves an output of {oh}x{ow}; both sides must be at least {MULTIPLE}. "
+            f"max_resolution={rule.max_resolution} caps the long side of this {width}x{height} (WxH) input, "
+            f"which leaves an output of {ow}x{oh}; both sides must be at least {MULTIPLE}. "
             "Raise max_resolution (or set it to 0 for no cap)."
         )
     canvas = (_round_up(oh), _round_up(ow))

@@ -8,8 +8,10 @@ when a file is read or written, with an install hint if missing (`pip install av
   sequence `name_00000.png`, ... JPEG and BMP have no alpha; it is dropped with a warning.
 * Videos (anything else PyAV opens): the first video stream, decoded to RGB (RGBA when the pixel
   format has alpha); the frame rate is the stream's average rate. `VideoWriter` streams frames
-  out as they arrive (H.264 in .mp4/.mkv/.mov, VP9 in .webm; 4:2:0 when both sides are even,
-  4:4:4 otherwise). Alpha is written for .webm (VP9 yuva420p) and .mov/.mkv (PNG codec, RGBA);
+  out as they arrive (H.264 in .mp4/.mkv/.mov, VP9 in .webm; 4:2:0 (yuv420p, what players expect)
+  when both sides are even, 4:4:4 with a warning otherwise; `crf` is checked against the encoder's
+  range). VP8/VP9 alpha (WebM `alpha_mode`) is decoded through libvpx when PyAV has it, else
+  dropped with a warning. Alpha is written for .webm (VP9 yuva420p) and .mov/.mkv (PNG codec, RGBA);
   .mp4 cannot carry it and it is dropped with a warning.
 
 Host memory: reading holds the decoded frames once plus the per-frame list until they are
@@ -29,7 +31,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _NO_ALPHA_IMAGES = (".jpg", ".jpeg", ".bmp")
 _ALPHA_VIDEO = {".webm": ("libvpx-vp9", "yuva420p"), ".mov": ("png", "rgba"), ".mkv": ("png", "rgba")}
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm")  # what VideoWriter writes
 DEFAULT_CRF = 17  # x264/VP9 quality: visually lossless for upscaled footage
+CRF_RANGES = {"libx264": (0, 51), "libvpx-vp9": (0, 63)}  # the encoders' own limits
 
 
 class MediaError(ValueError):
@@ -38,6 +42,20 @@ class MediaError(ValueError):
 
 def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_video_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def check_crf(crf: int, path: str | Path, option: str = "crf") -> None:
+    """Raise MediaError unless `crf` is in the range of the encoder `path`'s format uses."""
+    codec = "libvpx-vp9" if Path(path).suffix.lower() == ".webm" else "libx264"
+    low, high = CRF_RANGES[codec]
+    if isinstance(crf, bool) or not isinstance(crf, int) or not low <= crf <= high:
+        name = "VP9 (.webm)" if codec == "libvpx-vp9" else "H.264 (.mp4/.mkv/.mov)"
+        raise MediaError(f"{option} must be an integer from {low} to {high} for {name} (lower = better quality, "
+                         f"{DEFAULT_CRF} is visually lossless), got {crf!r}")
 
 
 def _import_av():
@@ -57,10 +75,18 @@ def _import_pil():
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """One image -> uint8 [1, H, W, 3 or 4]."""
+    """One image -> uint8 [1, H, W, 3 or 4].
+
+    High-bit-depth grayscale (16-bit "I;16*" and 32-bit "I" as Pillow opens 16-bit PNG/TIFF, and
+    float "F") is scaled to 0..255 by its format's full range, not clipped: Pillow's own
+    `convert("RGB")` clips these modes at 255, which turns a 16-bit image near-white.
+    """
     Image = _import_pil()
     try:
         with Image.open(path) as img:
+            if img.mode.startswith(("I", "F")):
+                gray = _wide_gray_to_uint8(np.asarray(img), img.mode, path)
+                return torch.from_numpy(np.repeat(gray[..., None], 3, axis=-1))[None]
             has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
             array = np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
     except (OSError, ValueError) as exc:
@@ -68,15 +94,44 @@ def read_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array.copy())[None]
 
 
-def write_images(path: str | Path, frames: torch.Tensor) -> list[Path]:
-    """uint8 [T, H, W, C] -> `path` (one frame) or a numbered sequence beside it (several)."""
+def _wide_gray_to_uint8(array: np.ndarray, mode: str, path: str | Path) -> np.ndarray:
+    """16/32-bit integer or float grayscale -> uint8, scaled by the full range of the format."""
+    values = array.astype(np.float64)
+    if mode == "F":
+        top = 1.0 if values.size == 0 or float(np.nanmax(values)) <= 1.0 else 255.0
+        log.info("%s: float grayscale image, read as 0..%g", path, top)
+    else:  # "I;16", "I;16B", "I;16L", "I" (Pillow's mode for 16-bit PNG on older versions)
+        top = 65535.0
+        if values.size and float(values.max()) > top:
+            top = float(2 ** 32 - 1)
+        if values.size and float(values.min()) < 0:
+            raise MediaError(f"{path}: signed integer image with negative values; convert it to 8 or 16 bits first")
+    log.info("%s: %s grayscale reduced to 8 bits per channel", path, mode)
+    return np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
+
+
+def image_names(path: str | Path, count: int) -> list[Path]:
+    """The files `count` frames written to image `path` go to: `path` itself for one frame, else
+    the numbered sequence `stem_00000.ext`, ... beside it."""
+    path = Path(path)
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{i:05d}{path.suffix}") for i in range(count)]
+
+
+def write_images(path: str | Path, frames: torch.Tensor, targets: list[Path] | None = None) -> list[Path]:
+    """uint8 [T, H, W, C] -> `path` (one frame) or a numbered sequence beside it (several).
+
+    `targets`: write to these files instead (one per frame; the format follows `path`'s suffix,
+    so the CLI's temporary names keep it)."""
     Image = _import_pil()
     path = Path(path)
     if frames.shape[-1] == 4 and path.suffix.lower() in _NO_ALPHA_IMAGES:
         log.warning("%s cannot store an alpha channel; writing RGB (use .png to keep alpha)", path.suffix)
         frames = frames[..., :3]
-    targets = [path] if frames.shape[0] == 1 else [
-        path.with_name(f"{path.stem}_{i:05d}{path.suffix}") for i in range(frames.shape[0])]
+    targets = image_names(path, frames.shape[0]) if targets is None else list(targets)
+    if len(targets) != frames.shape[0]:
+        raise ValueError(f"write_images got {frames.shape[0]} frames for {len(targets)} file names")
     for target, frame in zip(targets, frames):
         array = frame.numpy()
         Image.fromarray(array, "RGBA" if array.shape[-1] == 4 else "RGB").save(target)
@@ -94,10 +149,12 @@ def read_video(path: str | Path) -> tuple[torch.Tensor, Fraction]:
         if not container.streams.video:
             raise MediaError(f"{path}: no video stream in this file")
         stream = container.streams.video[0]
-        fmt = "rgba" if _has_alpha(stream) else "rgb24"
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         try:
-            arrays = [frame.to_ndarray(format=fmt) for frame in container.decode(stream)]
+            arrays, fmt = [], None
+            for frame in _decoded_frames(av, container, stream, path):
+                fmt = fmt or ("rgba" if _has_alpha(frame.format.name) else "rgb24")  # the first frame decides
+                arrays.append(frame.to_ndarray(format=fmt))
         except av.error.FFmpegError as exc:
             raise MediaError(f"{path}: the video could not be decoded ({exc})") from None
     if not arrays:
@@ -105,9 +162,30 @@ def read_video(path: str | Path) -> tuple[torch.Tensor, Fraction]:
     return torch.from_numpy(np.stack(arrays)), Fraction(rate)
 
 
-def _has_alpha(stream) -> bool:
-    fmt = stream.codec_context.pix_fmt or ""
-    return fmt.startswith(("yuva", "rgba", "bgra", "argb", "abgr", "gbra", "ya"))
+def _has_alpha(fmt: str | None) -> bool:
+    return (fmt or "").startswith(("yuva", "rgba", "bgra", "argb", "abgr", "gbra", "ya"))
+
+
+# VP8/VP9 keep alpha in a side channel (WebM BlockAdditional, stream tag alpha_mode=1) that FFmpeg's
+# native decoders ignore; libvpx's decoders read it and give yuva420p frames.
+_LIBVPX_DECODERS = {"vp8": "libvpx", "vp9": "libvpx-vp9"}
+
+
+def _decoded_frames(av, container, stream, path):
+    """Every decoded frame of `stream`, with its alpha channel when the stream has one."""
+    codec = stream.codec_context.name
+    if (stream.metadata or {}).get("alpha_mode") == "1" and codec in _LIBVPX_DECODERS:
+        decoder = _LIBVPX_DECODERS[codec]
+        if decoder in av.codecs_available:
+            context = av.CodecContext.create(decoder, "r")
+            if stream.codec_context.extradata:
+                context.extradata = stream.codec_context.extradata
+            for packet in container.demux(stream):
+                yield from context.decode(packet)
+            return
+        log.warning("%s: the %s stream has an alpha channel but this PyAV build has no %s decoder to read it; "
+                    "the alpha channel is dropped", path, codec.upper(), decoder)
+    yield from container.decode(stream)
 
 
 def read_media(path: str | Path) -> tuple[torch.Tensor, Fraction | None]:
@@ -129,8 +207,11 @@ class VideoWriter:
 
     dtype = torch.uint8
 
-    def __init__(self, path: str | Path, fps: Fraction, crf: int = DEFAULT_CRF):
+    def __init__(self, path: str | Path, fps: Fraction, crf: int = DEFAULT_CRF, label: str | Path | None = None):
+        """`label`: the name used in messages (the CLI writes to a temporary file beside the target)."""
+        check_crf(crf, path)
         self.path, self.fps, self.crf = Path(path), Fraction(fps), crf
+        self.label = label or self.path
         self._container = self._stream = None
         self._next = 0
         self._alpha = False
@@ -155,11 +236,11 @@ class VideoWriter:
             self._container = av.open(str(self.path), mode="w")
             self._stream = self._container.add_stream(codec, rate=self.fps)
         except (av.error.FFmpegError, ValueError, OSError) as exc:
-            raise MediaError(f"{self.path}: cannot create a {codec} video here ({exc})") from None
+            raise MediaError(f"{self.label}: cannot create a {codec} video here ({exc})") from None
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pix_fmt
         if codec in ("libx264", "libvpx-vp9"):
             self._stream.options = {"crf": str(self.crf)} if codec == "libx264" else {"crf": str(self.crf), "b": "0"}
-        log.info("writing %s: %s %s %dx%d at %s fps", self.path, codec, pix_fmt, width, height, self.fps)
+        log.info("writing %s: %s %s %dx%d at %s fps", self.label, codec, pix_fmt, width, height, self.fps)
 
     def _choose_codec(self, suffix: str, width: int, height: int, channels: int, available) -> tuple[str, str]:
         if channels == 4 and suffix in _ALPHA_VIDEO and _ALPHA_VIDEO[suffix][0] in available:
@@ -169,12 +250,15 @@ class VideoWriter:
             log.warning("%s cannot carry an alpha channel here; writing RGB (use .mov, .mkv or .webm to keep alpha)",
                         suffix or "this format")
         even = width % 2 == 0 and height % 2 == 0
+        if not even:
+            log.warning("%dx%d has an odd side: writing 4:4:4 (yuv444p), which many players cannot play; even "
+                        "sides give 4:2:0 (yuv420p)", width, height)
         if suffix == ".webm":
             return "libvpx-vp9", "yuv420p" if even else "yuv444p"
         if "libx264" in available:
             return "libx264", "yuv420p" if even else "yuv444p"
         if not even:
-            raise MediaError(f"{self.path}: this PyAV build has no libx264 and MPEG-4 needs even sizes, got {width}x{height}")
+            raise MediaError(f"{self.label}: this PyAV build has no libx264 and MPEG-4 needs even sizes, got {width}x{height}")
         return "mpeg4", "yuv420p"
 
     def close(self) -> None:

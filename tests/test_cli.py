@@ -52,7 +52,7 @@ def test_cli_upscales_a_video_keeping_frame_count_and_fps(models_dir, tmp_path, 
                 "--vae-tile-size", "0")
     assert code == 0, capsys.readouterr().err
     frames, fps = _read_video(av, out)
-    assert frames.shape == (7, 16, 21, 3)  # 16*16/12 = 21.3 -> 21: odd width, written as 4:4:4
+    assert frames.shape == (7, 16, 22, 3)  # 16*16/12 = 21.3: the nearest even width, for 4:2:0 video
     assert fps == 12
 
 

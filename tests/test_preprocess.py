@@ -84,7 +84,7 @@ def test_same_size_resize_is_identity_and_a_copy():
 
 
 def test_cap_below_16_pixels_is_refused():
-    with pytest.raises(ValueError, match="max_resolution=64.*2x64.*at least 16"):
+    with pytest.raises(ValueError, match="max_resolution=64.*64x2.*at least 16"):
         plan_geometry(10, 320, SideResize(16, 64))
 
 

@@ -14,11 +14,16 @@ Rules:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
 import os
-from collections.abc import Iterable
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .registry import Kind, ModelFile, known_file, known_files
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".gguf")
 STAGING_DIR = ".downloads"
 _HASH_CHUNK = 16 * 1024 * 1024
+NETWORK_TIMEOUT = 3.0  # seconds for the reachability check before a download (lookup + connect)
 
 
 class ModelFileError(FileNotFoundError):
@@ -103,39 +109,195 @@ def ensure_model_file(name: str, models_dir: str | os.PathLike, *, download: boo
             f"{', '.join(m.name for m in known_files(guess_kind(name)))}")
     if not download:
         raise ModelFileError(
-            f"model file {entry.name!r} not found in {models_dir} and downloads are off. Download it from "
-            f"{entry.url} ({entry.size:,} bytes) into that folder, or enable downloads.")
+            f"model file {entry.name!r} not found in {models_dir} and downloads are off. Download it yourself, or "
+            f"enable downloads:\n{manual_download_text([entry], models_dir)}")
     return download_model_file(entry, models_dir)
 
 
 def download_model_file(entry: ModelFile, models_dir: str | os.PathLike) -> Path:
-    """Download `entry` into `models_dir`/`entry.name` (resumable, verified, never overwriting)."""
+    """Download `entry` into `models_dir`/`entry.name` (resumable, verified, never overwriting).
+
+    Fails fast, before anything is written, when the folder cannot take the file or the hub
+    cannot be reached (`check_network`, a few seconds at most instead of the hub client's half
+    minute of retries). Whatever happens, the staging folder keeps at most the partial file the
+    next attempt resumes; no lock or cache metadata is left behind.
+    """
     try:
         import huggingface_hub
     except ImportError:
         raise ModelFileError(
             f"{entry.name} is missing and huggingface_hub is not installed to download it. Run "
-            f"`pip install huggingface_hub`, or download {entry.url} into {models_dir} yourself.") from None
+            f"`pip install huggingface_hub`, or download it yourself:\n{manual_download_text([entry], models_dir)}"
+        ) from None
     models_dir = Path(models_dir)
     target = models_dir / entry.name
     staging = models_dir / STAGING_DIR
-    staging.mkdir(parents=True, exist_ok=True)
+    check_models_dir(models_dir, [entry])
+    check_network(hub_endpoint(), [entry], models_dir)
+    _make_staging(staging, entry, models_dir)
     log.info("SeedVR2: downloading %s (%.2f GB) from %s into %s", entry.name, entry.size / 1e9, entry.repo, models_dir)
     try:
-        staged = Path(huggingface_hub.hf_hub_download(**_download_kwargs(huggingface_hub, entry, staging)))
+        with _one_copy_of_hub_logs():
+            staged = Path(huggingface_hub.hf_hub_download(**_download_kwargs(huggingface_hub, entry, staging)))
     except Exception as exc:  # noqa: BLE001 - network/auth/disk errors all end the same way for the user
+        partial = _clean_staging(staging, entry)
+        kept = (f" The partial file is kept ({partial.stat().st_size:,} of {entry.size:,} bytes, at {partial}) and "
+                "the next attempt resumes it." if partial is not None else "")
         raise ModelFileError(
-            f"downloading {entry.name} from {entry.url} failed ({type(exc).__name__}: {exc}). The partial file is "
-            f"kept in {staging} and the next attempt resumes it; or download the file into {models_dir} yourself."
-        ) from exc
+            f"downloading {entry.name} failed ({type(exc).__name__}: {_first_line(exc)}).{kept} Or download it "
+            f"yourself:\n{manual_download_text([entry], models_dir)}") from exc
     try:
         verify_file(staged, entry)
     except ModelFileError:
         staged.unlink(missing_ok=True)
+        _clean_staging(staging, entry)
         raise
     _move_no_overwrite(staged, target)
+    _clean_staging(staging, entry)
     log.info("SeedVR2: %s verified and saved to %s", entry.name, target)
     return target
+
+
+def manual_download_text(entries: Iterable[ModelFile], folder: str | os.PathLike) -> str:
+    """One line per file: name, size, URL and the folder to put it in (for a manual download)."""
+    folder = os.path.abspath(folder)
+    return "\n".join(f"  {m.name} ({m.size:,} bytes, {_readable(m.size)}) from {m.url} into {folder}"
+                     for m in entries)
+
+
+def _readable(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+def check_models_dir(models_dir: str | os.PathLike, entries: Iterable[ModelFile]) -> None:
+    """Say why `models_dir` cannot receive downloads (a file in its path, not writable), creating
+    nothing: the folder is made only when a download actually starts."""
+    models_dir = Path(models_dir)
+    manual = manual_download_text(entries, models_dir)
+    existing = models_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ModelFileError(
+            f"models folder {models_dir} cannot be created: part of that path ({existing}) is a file, not a folder. "
+            f"Choose another models folder (--models-dir), or download the files yourself:\n{manual}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ModelFileError(
+            f"models folder {models_dir} is not writable ({existing} is read-only for this user), so missing files "
+            f"cannot be downloaded into it. Choose a writable models folder (--models-dir), or download the files "
+            f"yourself:\n{manual}")
+
+
+def _make_staging(staging: Path, entry: ModelFile, models_dir: Path) -> None:
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelFileError(f"models folder {models_dir} cannot be used ({exc.strerror or exc}). Download the file "
+                             f"yourself:\n{manual_download_text([entry], models_dir)}") from None
+
+
+class NoNetworkError(ModelFileError):
+    """The download host cannot be reached at all (no network, DNS failure, refused connection)."""
+
+
+def hub_endpoint() -> str:
+    """The Hugging Face endpoint downloads use (HF_ENDPOINT, as huggingface_hub read it at import)."""
+    try:
+        from huggingface_hub import constants
+
+        endpoint = getattr(constants, "ENDPOINT", None)
+    except ImportError:
+        endpoint = None
+    return endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def check_network(endpoint: str, entries: Iterable[ModelFile], folder: str | os.PathLike,
+                  timeout: float = NETWORK_TIMEOUT) -> None:
+    """Raise NoNetworkError within `timeout` seconds when `endpoint` cannot be connected to.
+
+    One name lookup and one TCP connect, each bounded (the lookup runs in a daemon thread,
+    since `getaddrinfo` has no timeout of its own). A reachable host says nothing about the
+    download itself; the hub client's own retries handle flaky connections after this.
+    """
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname or ""
+    port = url.port or (80 if url.scheme == "http" else 443)
+    deadline = time.monotonic() + timeout
+    reason, addresses = None, []
+    answer: list = []
+
+    def lookup() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            answer.append(exc)
+
+    worker = threading.Thread(target=lookup, name="seedvr2-network-check", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not answer:
+        reason = f"looking up {host} took over {timeout:.0f} s"
+    elif isinstance(answer[0], OSError):
+        reason = f"cannot resolve {host}: {answer[0].strerror or answer[0]}"
+    else:
+        addresses = answer[0]
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                sock.connect(address)
+            return
+        except OSError as exc:
+            reason = f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+    entries = list(entries)
+    raise NoNetworkError(
+        f"no network: {reason or f'no address for {host}'}.\nDownload " +
+        ("this file" if len(entries) == 1 else "these files") +
+        f" yourself (or retry when online):\n{manual_download_text(entries, folder)}")
+
+
+@contextlib.contextmanager
+def _one_copy_of_hub_logs() -> Iterator[None]:
+    """huggingface_hub prints its warnings (retries) through a handler of its own *and* passes them
+    on to the root logger; when the root logger has handlers (the CLI, ComfyUI), drop the hub's own
+    for the download so each line is printed once, in the application's format."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    removed = []
+    if logging.getLogger().handlers and hub_logger.propagate:
+        removed = [h for h in hub_logger.handlers if isinstance(h, logging.StreamHandler)]
+        for handler in removed:
+            hub_logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in removed:
+            hub_logger.addHandler(handler)
+
+
+def _clean_staging(staging: Path, entry: ModelFile) -> Path | None:
+    """Remove the hub client's lock and metadata files (and empty folders) from the staging folder;
+    return the partial download of `entry` if one with data is left (kept: the next attempt resumes)."""
+    partial = None
+    if staging.is_dir():
+        for path in sorted(staging.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()  # only when empty
+                elif path.name.endswith(".incomplete") and path.stat().st_size > 0:
+                    partial = path if Path(entry.path_in_repo).name in path.name or partial is None else partial
+                elif path.suffix in (".lock", ".metadata", ".incomplete") or path.name in ("CACHEDIR.TAG",
+                                                                                            ".gitignore"):
+                    path.unlink()
+            except OSError:
+                pass  # not empty, or not ours to remove
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+    return partial
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _download_kwargs(hub, entry: ModelFile, staging: Path) -> dict:

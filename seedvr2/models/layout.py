@@ -111,7 +111,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointLayout:
     stray = sorted({k.split(".")[0] + "." for k in names if not k.startswith(prefix) and not k.startswith(VAE_PREFIX)
                     and k not in CONDITIONING_KEYS})
     if prefix and stray:
-        raise CheckpointError(f"{path}: keys outside {DIT_PREFIX!r} with prefixes {stray[:5]}; not a SeedVR2 "
+        raise CheckpointError(f"{path}: {len(stray)} key group(s) outside {DIT_PREFIX!r}; not a SeedVR2 "
                               f"checkpoint layout this pack knows. Supported: {SUPPORTED}.")
     pos_key = next((k for k in (prefix + "positive_conditioning", "positive_conditioning") if k in header), None)
     dtypes = frozenset(header[prefix + k][0] for k in model_names)
@@ -127,9 +127,10 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointLayout:
         if _is_vae(vae_names):
             return CheckpointLayout(path, "vae", "comfy-saved", VAE_PREFIX, dtypes=frozenset(
                 header[VAE_PREFIX + k][0] for k in vae_names))
-    roots = sorted({k.split(".")[0] for k in names})[:8]
-    raise CheckpointError(f"{path}: not a SeedVR2 DiT or VAE checkpoint (top-level key groups: {roots}). "
-                          f"Supported: {SUPPORTED}.")
+    # A foreign file's key names are its owner's business: report a count, never the names.
+    roots = {k.split(".")[0] for k in names}
+    raise CheckpointError(f"{path}: not a SeedVR2 DiT or VAE checkpoint ({len(names)} tensors in {len(roots)} "
+                          f"top-level key group(s), none of them SeedVR2's). Supported: {SUPPORTED}.")
 
 
 def expect_kind(layout: CheckpointLayout, kind: str) -> None:
@@ -155,9 +156,10 @@ def _layout_name(path: Path, prefix: str, has_vae: bool, pos_key: str | None) ->
 def _refuse_quantized(path: Path, header: dict, metadata: dict) -> None:
     marked = [k for k in header if k.endswith(_QUANT_MARKERS)] + [k for k in header if k.split(".")[-1] == "scaled_fp8"]
     if marked or "_quantization_metadata" in metadata:
-        example = marked[0] if marked else "__metadata__._quantization_metadata"
+        example = (f"{len(marked)} key(s) ending in " + "/".join(sorted({"." + k.rsplit(".", 1)[-1] for k in marked}))
+                   if marked else "__metadata__._quantization_metadata")
         raise CheckpointError(
-            f"{path}: ComfyUI quantized weights (int8/mxfp8/nvfp4/scaled fp8, e.g. {example!r}) are not supported. "
+            f"{path}: ComfyUI quantized weights (int8/mxfp8/nvfp4/scaled fp8: {example}) are not supported. "
             f"Supported: {SUPPORTED}. Use the fp16 or plain fp8_e4m3fn file of the same model.")
 
 
@@ -168,7 +170,7 @@ def _is_vae(names: list[str]) -> bool:
 def _dit_variant(path: Path, names: list[str], header: dict, prefix: str) -> tuple[str, int, int]:
     unknown = sorted({k.split(".")[0] for k in names if not k.startswith(_DIT_ROOTS)})
     if unknown:
-        raise CheckpointError(f"{path}: DiT-like checkpoint with unknown key groups {unknown[:5]}; not a SeedVR2 "
+        raise CheckpointError(f"{path}: DiT-like checkpoint with {len(unknown)} unknown key group(s); not a SeedVR2 "
                               f"layout this pack knows. Supported: {SUPPORTED}.")
     blocks = {int(m.group(1)) for k in names if (m := _BLOCK_RE.match(k))}
     num_blocks = max(blocks) + 1 if blocks else 0

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..text_embeds import load_pos_emb
-from .download import ensure_model_file, find_model_file
+from .download import (ModelFileError, NoNetworkError, check_models_dir, download_model_file, ensure_model_file, find_model_file,
+                       guess_kind, manual_download_text)
 from .layout import CheckpointLayout, expect_kind, inspect_checkpoint
-from .registry import POS_EMB_FILE
+from .registry import COMFY_ORG, POS_EMB_FILE, ModelFile, known_file, known_files
 
 log = logging.getLogger(__name__)
 
@@ -76,4 +77,78 @@ def resolve_pos_emb(dit: CheckpointLayout, models_dir: str | os.PathLike, *, dow
     return ensure_model_file(POS_EMB_FILE, models_dir, download=download, extra_dirs=extra_dirs)
 
 
-__all__ = ["ModelPaths", "checked_layout", "resolve_model", "resolve_models", "resolve_pos_emb", "load_pos_emb"]
+def preflight(dit: str | None, vae: str | None, models_dir: str | os.PathLike, *, download: bool = True,
+              extra_dirs: Iterable[str | os.PathLike] = ()) -> None:
+    """Make sure every file a run needs is there before anything large is loaded.
+
+    Needed: the DiT `dit`, the VAE `vae` (None: not needed by this caller) and, unless the DiT
+    embeds it, the text embedding `pos_emb.pt`. Reads nothing but directory entries and, for a
+    local DiT, its safetensors header (whether it embeds the embedding). Missing registry files
+    are downloaded (when `download`); whatever is still missing after that is reported in ONE
+    ModelFileError listing each file's name, size, URL and target folder. A missing name that
+    is not in the registry is reported with the known choices.
+    """
+    extra_dirs = list(extra_dirs)
+    folders = [Path(models_dir), *map(Path, extra_dirs)]
+    missing: list[ModelFile] = []
+    unknown: list[str] = []
+
+    def need(name: str, near: list[Path]) -> Path | None:
+        found = find_model_file(name, near)
+        if found is None:
+            entry = known_file(Path(name).name)
+            if entry is None:
+                unknown.append(name)
+            elif entry not in missing:
+                missing.append(entry)
+        return found
+
+    dit_path = need(dit, folders) if dit is not None else None
+    if dit is not None and _needs_pos_emb(dit, dit_path):
+        need(POS_EMB_FILE, ([dit_path.parent] if dit_path is not None else []) + folders)
+    if vae is not None:
+        need(vae, folders)
+    if unknown:
+        where = " or ".join(str(f) for f in folders)
+        also = f" Also missing:\n{manual_download_text(missing, models_dir)}" if missing else ""
+        raise ModelFileError(
+            f"model file(s) {', '.join(repr(u) for u in unknown)} not found in {where}. Put the file there, or choose "
+            f"one of the known models, which download automatically: "
+            f"{', '.join(m.name for m in known_files(guess_kind(unknown[0])))}.{also}")
+    if not missing:
+        return
+    if not download:
+        raise ModelFileError(
+            f"{len(missing)} model file(s) not found in {models_dir} and downloads are off. Download them yourself "
+            f"(or enable downloads):\n{manual_download_text(missing, models_dir)}")
+    check_models_dir(models_dir, missing)  # before any download: one message naming all files
+    failed: list[ModelFile] = []
+    reasons: list[str] = []
+    last_error: ModelFileError | None = None
+    for entry in missing:
+        if failed and isinstance(last_error, NoNetworkError):
+            failed.append(entry)  # offline: the others fail the same way, do not wait for each
+            continue
+        try:
+            download_model_file(entry, models_dir)
+        except ModelFileError as exc:
+            last_error = exc
+            failed.append(entry)
+            reasons.append(str(exc).split("\n")[0])
+    if failed:
+        raise ModelFileError(
+            f"{len(failed)} model file(s) could not be downloaded: {' / '.join(dict.fromkeys(reasons))}\n"
+            f"Download {'it' if len(failed) == 1 else 'them'} yourself into the models folder:\n"
+            f"{manual_download_text(failed, models_dir)}")
+
+
+def _needs_pos_emb(dit: str, dit_path: Path | None) -> bool:
+    """Whether the DiT needs pos_emb.pt beside it (Comfy-Org single files embed the embedding)."""
+    if dit_path is not None:
+        return inspect_checkpoint(dit_path).pos_emb_key is None
+    entry = known_file(Path(dit).name)
+    return entry is None or entry.repo != COMFY_ORG
+
+
+__all__ = ["ModelPaths", "checked_layout", "preflight", "resolve_model", "resolve_models", "resolve_pos_emb",
+           "load_pos_emb"]

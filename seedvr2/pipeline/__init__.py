@@ -1,10 +1,12 @@
 """The SeedVR2 upscale pipeline: frames [T, H, W, C] in, upscaled frames out (no ComfyUI here)."""
 from .noise import NoiseSource, SeededNoise
 from .output import FrameSink, TensorSink
-from .run import UpscaleModels, VAETiling, upscale
+from .memory import MemoryEstimate, available_host_memory, check_host_memory, host_memory_needed
+from .run import NonFiniteOutputError, UpscaleModels, VAETiling, upscale
 from .settings import UpscaleInputError, UpscaleSettings, check_frames, check_settings, validate_upscale_inputs
 
 __all__ = [
+    "MemoryEstimate", "available_host_memory", "check_host_memory", "host_memory_needed", "NonFiniteOutputError",
     "NoiseSource", "SeededNoise", "FrameSink", "TensorSink", "UpscaleModels", "VAETiling", "upscale",
     "UpscaleInputError", "UpscaleSettings", "check_frames", "check_settings", "validate_upscale_inputs",
 ]

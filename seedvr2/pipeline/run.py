@@ -28,7 +28,8 @@ from ..placement import ModulePlacement, Placement
 from ..preprocess import FrameGeometry, padded_frame_count, to_model_range, to_unit_range
 from ..vae.model import DEFAULT_CHUNK_FRAMES, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, LATENT_SCALE
 from .noise import NoiseSource, SeededNoise
-from .output import FrameSink, TensorSink, to_output
+from .memory import check_host_memory, host_memory_needed
+from .output import OUTPUT_DTYPES, FrameSink, TensorSink, to_output
 from .settings import UpscaleInputError, UpscaleSettings, validate_upscale_inputs
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,14 @@ def upscale(
     device = torch.device(models.device)
     _check_pos_emb(models.pos_emb, models.dit)
     num_frames, _, _, channels = frames.shape
+    _check_sink(sink, num_frames, geometry, channels)
+    vae_dtype = module_dtype(models.vae)
+    estimate = host_memory_needed(
+        num_frames, channels, geometry, settings,
+        output_dtype=output_dtype if sink is None else None,
+        vae_itemsize=torch.empty((), dtype=vae_dtype).element_size(),
+        canvas_on_host=models.vae_tiling.tile_size is not None or device.type == "cpu")
+    check_host_memory(estimate, geometry, settings, num_frames)  # before the first large allocation
     if sink is None:
         out = TensorSink(num_frames, *geometry.output_hw, channels, output_dtype)
     else:
@@ -165,9 +174,8 @@ def upscale(
     report = progress or (lambda phase, done, total: None)
     dit_place = models.dit_placement or ModulePlacement(models.dit, device)
     vae_place = models.vae_placement or ModulePlacement(models.vae, device)
-    vae_dtype = module_dtype(models.vae)
-    log.info("SeedVR2: %d frames %dx%d -> %dx%d (canvas %dx%d), %d batch(es)", num_frames, *geometry.input_hw,
-             *geometry.output_hw, *geometry.canvas_hw, len(run.batches))
+    log.info("SeedVR2: %d frames %s -> %s (canvas %s), %d batch(es)", num_frames, wxh(geometry.input_hw),
+             wxh(geometry.output_hw), wxh(geometry.canvas_hw), len(run.batches))
 
     with torch.no_grad():
         with _loaded(vae_place):
@@ -193,6 +201,44 @@ def module_dtype(module: nn.Module) -> torch.dtype:
     return torch.bfloat16
 
 
+class NonFiniteOutputError(RuntimeError):
+    """A model produced NaN or infinite values; the message names the model and the likely cause."""
+
+
+def wxh(hw: tuple[int, int]) -> str:
+    """(height, width) -> "WxH", the order every log line and message uses."""
+    return f"{hw[1]}x{hw[0]}"
+
+
+def _check_finite(x: torch.Tensor, what: str, batch: Batch, cause: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteOutputError(
+            f"{what} produced NaN or infinite values (batch {batch.index + 1}, frames {batch.start}..{batch.stop - 1}), "
+            f"so the output would be black or garbage. Likely cause: {cause}")
+
+
+_DIT_CAUSE = ("a corrupt or wrongly converted DiT checkpoint or text embedding (check the file's SHA-256 against "
+              "the published one, or download it again), or fp16 overflow: use dtype bf16 (or fp32)")
+_VAE_CAUSE = ("a corrupt or wrongly converted VAE checkpoint (download it again), or fp16 overflow in the VAE: "
+              "use dtype bf16 (or fp32)")
+
+
+def _check_sink(sink: object, num_frames: int, geometry: FrameGeometry, channels: int) -> None:
+    """A sink must take this run's frames: a `write(start, frames)` method, an output dtype, and
+    for a TensorSink exactly the [T, H', W', C] shape of the output."""
+    if sink is None:
+        return
+    oh, ow = geometry.output_hw
+    if not callable(getattr(sink, "write", None)) or getattr(sink, "dtype", None) not in OUTPUT_DTYPES:
+        raise UpscaleInputError(f"sink must have write(start, frames) and a dtype among {OUTPUT_DTYPES}, e.g. "
+                                f"TensorSink({num_frames}, {oh}, {ow}, {channels}); got {type(sink).__name__}")
+    shape = tuple(getattr(sink, "frames", torch.empty(0)).shape) if isinstance(sink, TensorSink) else None
+    if shape is not None and shape != (num_frames, oh, ow, channels):
+        raise UpscaleInputError(
+            f"sink holds frames of shape {list(shape)} but this run writes {num_frames} frame(s) of {ow}x{oh} (WxH) "
+            f"with {channels} channels: use TensorSink({num_frames}, {oh}, {ow}, {channels})")
+
+
 def _check_pos_emb(pos_emb: object, dit: nn.Module) -> None:
     width = getattr(getattr(dit, "config", None), "txt_in_dim", None)
     if not isinstance(pos_emb, torch.Tensor) or pos_emb.dim() != 2 or not pos_emb.is_floating_point():
@@ -201,6 +247,9 @@ def _check_pos_emb(pos_emb: object, dit: nn.Module) -> None:
     if (width is not None and pos_emb.shape[1] != width) or pos_emb.shape[0] < 1:
         raise UpscaleInputError(f"pos_emb has shape {tuple(pos_emb.shape)} but this DiT takes text embeddings of width "
                                 f"{width}; use the embedding that ships with the model (pos_emb.pt, 58x5120)")
+    if pos_emb.device.type != "meta" and not bool(torch.isfinite(pos_emb).all()):
+        raise UpscaleInputError("pos_emb (the text embedding) contains NaN or infinite values: the file is corrupt or "
+                                "wrongly converted; use pos_emb.pt from ByteDance-Seed/SeedVR2-3B")
 
 
 def _each(run: _Run, phase: str, report: ProgressFn) -> Iterator[Batch]:
@@ -294,7 +343,9 @@ def _denoise(run: _Run, dit: nn.Module, pos_emb: torch.Tensor, batch: Batch, lat
     txt_shape = torch.tensor([[pos_emb.shape[0]]], dtype=torch.long, device=run.device)
     timestep = torch.tensor([TIMESTEP], dtype=torch.float32, device=run.device)
     pred = dit(vid, pos_emb, vid_shape, txt_shape, timestep)            # (t*h*w, 16) v-prediction
-    return (noise - pred.float().reshape(t, h, w, c)).cpu()
+    x0 = noise - pred.float().reshape(t, h, w, c)
+    _check_finite(x0, "the DiT", batch, _DIT_CAUSE)
+    return x0.cpu()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +363,7 @@ def _decode(run: _Run, vae: nn.Module, dtype: torch.dtype, batch: Batch, x0: tor
     oh, ow = geo.output_hw
     for a, b in _chunks(batch.length, max(oh * ow, geo.resized_hw[0] * geo.resized_hw[1])):
         content = geo.trim(decoded[:, a:b].permute(1, 0, 2, 3)).to(run.device, torch.float32)  # (n, 3, oh, ow)
+        _check_finite(content, "the VAE decode", batch, _VAE_CAUSE)
         if run.settings.color_correction != "none":
             rgb = _read_frames(run.frames, batch.start + a, batch.start + b, run.device)
             content = color_correct(content, to_model_range(geo.reference(rgb)), run.settings.color_correction)

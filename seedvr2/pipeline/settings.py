@@ -38,6 +38,9 @@ class UpscaleSettings:
     seed: noise seed; the same seed gives the same output on any device.
     official_area: (res_h, res_w) to use the official rule instead: resize to about res_h*res_w
         pixels and crop to multiples of 16 (the official CLI's --res_h/--res_w).
+    even_size: round the output to even sides (4:2:0 video needs them; the CLI sets it for video
+        output unless --exact-size): the free side to the nearest even size, an odd
+        `resolution`/`max_resolution` 1 px down. The official rule's output is always even.
     """
 
     resolution: int = 1080
@@ -47,6 +50,7 @@ class UpscaleSettings:
     color_correction: str = "wavelet"
     seed: int = 0
     official_area: tuple[int, int] | None = None
+    even_size: bool = False
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -55,7 +59,7 @@ class UpscaleSettings:
     def resize_rule(self) -> ResizeRule:
         if self.official_area is not None:
             return AreaResize(*self.official_area)
-        return SideResize(self.resolution, self.max_resolution)
+        return SideResize(self.resolution, self.max_resolution, even=self.even_size)
 
 
 def _is_int(value: object) -> bool:
@@ -91,6 +95,8 @@ def check_settings(s: UpscaleSettings) -> None:
         raise UpscaleInputError(f"color_correction must be one of {', '.join(COLOR_CORRECTIONS)}, got {s.color_correction!r}")
     if not 0 <= s.seed <= MAX_SEED:
         raise UpscaleInputError(f"seed must be between 0 and {MAX_SEED}, got {s.seed}")
+    if not isinstance(s.even_size, bool):
+        raise UpscaleInputError(f"even_size must be True or False, got {s.even_size!r}")
     if s.official_area is not None:
         area = tuple(s.official_area)
         if len(area) != 2 or not all(_is_int(v) and v >= MULTIPLE for v in area):
@@ -116,7 +122,10 @@ def check_frames(frames: object) -> None:
         hint = " (looks like [T, C, H, W]; the layout must be [T, H, W, C])" if frames.shape[1] in (3, 4) else ""
         raise UpscaleInputError(f"frames must have 3 (RGB) or 4 (RGBA) channels in the last dimension, got {c} (shape {tuple(frames.shape)}){hint}")
     if h < 1 or w < 1:
-        raise UpscaleInputError(f"frames have an empty size {h}x{w}")
+        raise UpscaleInputError(f"frames have an empty size {w}x{h} (WxH)")
+    if frames.device.type == "meta":
+        raise UpscaleInputError("frames are on the meta device (a shape without data, e.g. from a model built with "
+                                "device='meta'); pass real frames on the CPU or a GPU")
     if frames.dtype == torch.uint8:
         return
     if not frames.is_floating_point():

@@ -42,6 +42,9 @@ def load_vae(path: str | os.PathLike, *, device: torch.device | str = "cpu", dty
     file's ``config`` metadata when present, else the released VAE. Peak host memory is one copy
     of the weights (plus the cast copy of one tensor at a time).
     """
+    if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"load_vae: dtype must be torch.float32, torch.float16, torch.bfloat16 or None (the file's "
+                         f"own), got {dtype!r}")
     names, metadata = read_header(path)
     prefix = _vae_prefix(path, names)
     if config is None:

@@ -175,7 +175,7 @@ class VideoVAE(nn.Module):
                              f"last frame up to {fix} frames (as the official pipeline does) and drop the extra frames "
                              "after decoding")
         if height % f or width % f or height == 0 or width == 0:
-            raise ValueError(f"{what}; got {height}x{width} pixels, but height and width must be positive multiples of "
+            raise ValueError(f"{what}; got {width}x{height} (WxH) pixels, but height and width must be positive multiples of "
                              f"{f}. Crop or resize the frames (the official pipeline crops to multiples of 16)")
 
     def _check_latents(self, z: Tensor) -> None:
