@@ -1,10 +1,11 @@
-"""Writes `seedvr2_blockswap_sample.mp4`, the small clip the video example workflow opens with.
+"""Writes `seedvr2_blockswap_sample.mp4` and `seedvr2_blockswap_sample.png`, the small clip and still
+the example workflows open with (the still is the clip's middle frame).
 
 Made here, not taken from anywhere: a soft, low-resolution synthetic scene (a lit sphere moving
 over a checkered floor, with a caption), blurred and downscaled as an upscaler's typical input.
 H.264 yuv420p, 320x240, 17 frames at 8 fps (17 = 4n+1 frames, one SeedVR2 batch), ~2 s.
 
-    python assets/make_sample_clip.py          # needs numpy, Pillow and PyAV (`av`)
+    python assets/make_sample_clip.py [FOLDER]   # needs numpy, Pillow and PyAV (`av`)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-NAME = "seedvr2_blockswap_sample.mp4"
+CLIP, STILL = "seedvr2_blockswap_sample.mp4", "seedvr2_blockswap_sample.png"
 W, H, FRAMES, FPS = 320, 240, 17, 8
 
 
@@ -45,8 +46,9 @@ def frame(i: int) -> np.ndarray:
     return np.asarray(pil)
 
 
-def main(out: Path) -> None:
-    with av.open(str(out), "w") as container:
+def main(folder: Path) -> None:
+    Image.fromarray(frame(FRAMES // 2)).save(folder / STILL, optimize=True)
+    with av.open(str(folder / CLIP), "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(FPS))
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.options = {"crf": "26", "preset": "slow"}
@@ -58,4 +60,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name(NAME))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent)

@@ -24,32 +24,31 @@ def sample_input(monkeypatch, tmp_path):
     return module
 
 
-def test_the_clip_is_placed_whole_and_nothing_else_is_left(sample_input, tmp_path):
+def test_the_samples_are_placed_whole_and_nothing_else_is_left(sample_input, tmp_path):
     written = sample_input.provide()
-    assert written == tmp_path / "input" / sample_input.SAMPLE_NAME
-    assert written.read_bytes() == sample_input.SAMPLE_SOURCE.read_bytes()
-    assert sorted(os.listdir(tmp_path / "input")) == [sample_input.SAMPLE_NAME], "a temporary file was left behind"
-    assert sample_input.provide() is None, "a second start must not write again"
+    assert written == [tmp_path / "input" / name for name in sample_input.SAMPLES]
+    for path in written:
+        assert path.read_bytes() == (sample_input.ASSETS / path.name).read_bytes()
+    assert sorted(os.listdir(tmp_path / "input")) == sorted(sample_input.SAMPLES), "a temporary file was left behind"
+    assert sample_input.provide() == [], "a second start must not write again"
 
 
 def test_a_users_file_of_that_name_is_never_replaced(sample_input, tmp_path):
     folder = tmp_path / "input"
     folder.mkdir()
-    (folder / sample_input.SAMPLE_NAME).write_bytes(b"the user's own clip")
+    clip, still = sample_input.SAMPLES
+    (folder / clip).write_bytes(b"the user's own clip")
     (folder / "elsewhere").mkdir()
-    os.symlink(folder / "elsewhere" / "missing.mp4", folder / "dangling.mp4")
-    assert sample_input.provide() is None
-    assert (folder / sample_input.SAMPLE_NAME).read_bytes() == b"the user's own clip"
-    os.rename(folder / "dangling.mp4", folder / sample_input.SAMPLE_NAME.replace(".mp4", ".tmp"))
-    os.replace(folder / sample_input.SAMPLE_NAME.replace(".mp4", ".tmp"), folder / sample_input.SAMPLE_NAME)
-    assert sample_input.provide() is None, "a dangling link of that name is the user's too"
-    assert os.path.islink(folder / sample_input.SAMPLE_NAME)
-    assert not (folder / "elsewhere" / "missing.mp4").exists(), "wrote through the user's link"
+    os.symlink(folder / "elsewhere" / "missing.png", folder / still)  # a dangling link is the user's too
+    assert sample_input.provide() == []
+    assert (folder / clip).read_bytes() == b"the user's own clip"
+    assert os.path.islink(folder / still)
+    assert not (folder / "elsewhere" / "missing.png").exists(), "wrote through the user's link"
 
 
 def test_a_failed_copy_is_logged_and_leaves_nothing(sample_input, tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(sample_input, "SAMPLE_SOURCE", tmp_path / "no_such_clip.mp4")
+    monkeypatch.setattr(sample_input, "ASSETS", tmp_path / "no_such_folder")
     with caplog.at_level(logging.WARNING):
-        assert sample_input.provide() is None
-    assert "could not place the sample clip" in caplog.text
+        assert sample_input.provide() == []
+    assert "could not place the sample seedvr2_blockswap_sample.mp4" in caplog.text
     assert os.listdir(tmp_path / "input") == [], "a partial or temporary file was left behind"

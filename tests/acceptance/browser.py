@@ -22,7 +22,10 @@ from .harness import HOST, WebSocket, _die_with_parent
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio", "--no-default-browser-check"]
+         "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio", "--no-default-browser-check",
+         # The frontend asks the internet for release notes and model sizes: answer every name but
+         # the loopback's "not found" inside the browser, so no lookup ever leaves the machine.
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"]
 CANDIDATES = ("chromium", "chromium-browser")
 
 
