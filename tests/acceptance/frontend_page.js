@@ -134,8 +134,19 @@ window.__svr2 = (() => {
       return toPage(n.pos[0] + n.size[0] * 0.3, n.pos[1] + wy);
     },
     tooltip: () => {
-      const el = [...document.querySelectorAll(".node-tooltip, [role=tooltip]")].find(visible);
+      const el = [...document.querySelectorAll(".node-tooltip")].find(visible);
       return el ? el.innerText.trim() : null;
+    },
+    // A spot of bare canvas (no node, no UI over it) to park the mouse on between hovers.
+    parkPoint: () => {
+      const W = window.innerWidth, H = window.innerHeight;
+      for (let py = H * 0.9; py > H * 0.1; py -= 23) for (let px = W * 0.1; px < W * 0.9; px += 31) {
+        if (document.elementFromPoint(px, py) !== canvasEl()) continue;
+        const r = canvasEl().getBoundingClientRect();
+        const [gx, gy] = app.canvas.ds.convertCanvasToOffset([px - r.left, py - r.top]);
+        if (!app.graph.getNodeOnPos(gx, gy)) return [px, py];
+      }
+      return null;
     },
 
     // The page rectangle holding every node (title bars included), for the thumbnail.

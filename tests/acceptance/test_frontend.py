@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 import urllib.parse
 from pathlib import Path
@@ -71,7 +72,9 @@ def frontend_server(comfy_install: ComfyInstall, tmp_path_factory: pytest.TempPa
     (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
     server = ComfyServer(comfy_install.python, root, root.parent / "comfyui.log")
     seconds = server.start()
-    frontend = server.get_json("/system_stats")["system"].get("comfyui_frontend_version") or "?"
+    frontend = subprocess.run([str(comfy_install.python), "-c", "from importlib.metadata import version; "
+                               "print(version('comfyui-frontend-package'))"], capture_output=True, text=True,
+                              timeout=60).stdout.strip()
     acceptance_report.add(f"[{comfy_install.version}] frontend server up in {seconds:.0f}s "
                           f"(comfyui-frontend-package {frontend})")
     yield server
@@ -121,6 +124,14 @@ _CARDS = """(() => [...document.querySelectorAll('[data-testid^="template-workfl
   images: [...card.querySelectorAll('img')].map(i => ({src: i.src, loaded: i.complete && i.naturalWidth > 0})),
 })))()"""
 
+_THUMB = """(async (name, url) => {
+  const img = document.querySelector(`[data-testid="template-workflow-${name}"] img`);
+  const r = await fetch(url);
+  if (!r.ok) return {status: r.status};
+  const bmp = await createImageBitmap(await r.blob());
+  return {status: r.status, file: [bmp.width, bmp.height], shown: img ? [img.naturalWidth, img.naturalHeight] : null};
+})(%s, %s)"""
+
 _SEARCH = """(async (query) => {
   const box = [...document.querySelectorAll('[role=dialog] input')].find(i => /search/i.test(i.placeholder || ''));
   if (!box) return null;
@@ -135,23 +146,23 @@ def _open_templates(page: Chromium) -> list[dict]:
     found = page.evaluate(_OPEN_GROUP % json.dumps(GROUP_TITLE), timeout=60)
     assert found is True, f"the template browser has no group titled {GROUP_TITLE!r}; its entries: {found}"
     return page.wait_for(f"(() => {{ const c = {_CARDS}; return c.length >= {len(_names())} && "
-                         "c.every(x => x.images.every(i => i.loaded)) ? c : null; })()", 30,
+                         "c.every(x => x.images.length > 0 && x.images.every(i => i.loaded)) ? c : null; })()", 30,
                          "our template cards with their images")
 
 
 def test_template_cards_have_titles_and_thumbnails(page, frontend_server, screenshot_dir, acceptance_report):
     cards = {c["name"]: c for c in _open_templates(page)}
+    page.screenshot(screenshot_dir / "templates.png")
     assert sorted(cards) == sorted(_names()), f"cards {sorted(cards)}, workflows/ has {_names()}"
-    module = urllib.parse.quote(PACK_FOLDER)
     for name, card in cards.items():
         assert card["title"].strip() == name, f"card {name!r} is titled {card['title']!r}"
         assert "_" not in name and GROUP_TITLE in name, \
             f"{name!r}: a card's title is its file name, which must read as a title naming the pack"
-        thumbs = [i for i in card["images"] if i["src"].endswith(f"/workflow_templates/{module}/"
-                                                                  f"{urllib.parse.quote(name)}.jpg")]
-        assert thumbs and all(i["loaded"] for i in thumbs), \
-            f"card {name!r} shows {card['images']}, not its thumbnail workflows/{name}.jpg"
-    page.screenshot(screenshot_dir / "templates.png")
+        url = f"/api/workflow_templates/{urllib.parse.quote(PACK_FOLDER)}/{urllib.parse.quote(name)}.jpg"
+        thumb = page.evaluate(_THUMB % (json.dumps(name), json.dumps(url)), timeout=30)
+        assert thumb["status"] == 200, f"card {name!r}: GET {url} answered {thumb['status']}"
+        assert thumb["shown"] == thumb["file"], \
+            f"card {name!r} shows a {thumb['shown']} picture, not its {thumb['file']} thumbnail {url}"
     found = page.evaluate(_SEARCH % json.dumps(GROUP_TITLE), timeout=30)
     assert found is not None, "the template browser has no search box"
     assert set(_names()) <= set(found), f"searching {GROUP_TITLE!r} finds {found}, not all of {_names()}"
@@ -174,8 +185,11 @@ def _open_workflow(page: Chromium, name: str) -> list[dict]:
 
 
 def _hover(page: Chromium, point: list[float]) -> str | None:
-    page.mouse("mouseMoved", 8, VIEWPORT[1] / 2)  # over the sidebar: closes any tooltip
-    time.sleep(0.2)
+    """The node tooltip shown when the mouse comes to rest on `point` (None if none shows)."""
+    park = page.evaluate("window.__svr2.parkPoint()")
+    assert park, "no bare canvas to park the mouse on"
+    page.mouse("mouseMoved", *park)  # closes any tooltip
+    page.wait_for("!window.__svr2.tooltip()", 5, "the previous tooltip to close")
     page.mouse("mouseMoved", point[0] - 3, point[1])
     page.mouse("mouseMoved", point[0], point[1])
     deadline = time.monotonic() + 5
@@ -233,13 +247,16 @@ def test_workflow_opens_clean_and_readable(page, frontend_server, comfy_install,
             assert got and got.strip() == want, \
                 f"{node['title']}: hovering widget {widget} shows {got!r}, expected {want!r}"
             checked += 1
-    page.mouse("mouseMoved", 8, VIEWPORT[1] / 2)
+    page.mouse("mouseMoved", *page.evaluate("window.__svr2.parkPoint()"))
 
-    thumb = screenshot_dir / f"{name}.jpg"
+    thumb = screenshot_dir / f"{name}.jpg"  # the graph alone: the minimap is hidden for it
+    page.evaluate("app.extensionManager.setting.set('Comfy.Minimap.Visible', false)")
+    time.sleep(0.5)
     x, y, w, h = page.evaluate("window.__svr2.graphRect()")
     pad = 12
     page.screenshot(thumb, clip={"x": max(x - pad, 0), "y": max(y - pad, 0), "width": w + 2 * pad,
                                  "height": h + 2 * pad, "scale": min(1.0, 640 / (w + 2 * pad))}, quality=82)
+    page.evaluate("app.extensionManager.setting.set('Comfy.Minimap.Visible', true)")
     if _update_docs() and comfy_install.version == NEWEST:
         shutil.copyfile(thumb, REPO / "workflows" / f"{name}.jpg")
     if _update_docs():
