@@ -14,6 +14,10 @@ know which inputs are widgets:
   links are followed through `Reroute` nodes and through bypassed nodes (mode 4, the output passes
   the first input of the same type); links from muted nodes (mode 2) are dropped.
 - Muted and bypassed nodes and frontend-only nodes (Note, MarkdownNote, Reroute) are not sent.
+- A workflow saved by an older host has fewer `widgets_values` when a node gained widgets at its
+  end since (0.33.0's CreateVideo added `bit_depth`): as the frontend does, those trailing widgets
+  take their defaults. Any other mismatch (more values than widgets, or a missing value with no
+  default) means the saved values would be shifted, and is refused.
 
 Anything the example workflows do not use and this module cannot do faithfully (subgraphs, group
 nodes, PrimitiveNode, audio upload widgets) raises `ConversionError` rather than guessing.
@@ -63,6 +67,25 @@ def widget_slots(node_def: dict) -> list[tuple[str, str | None]]:
         if section == "required" and upload_after_required:
             slots.append(("frontend", "upload"))
     return slots
+
+
+def trailing_defaults(node_def: dict, missing: list[tuple[str, str | None]]) -> list[Any]:
+    """Defaults of widgets a workflow has no value for (they follow all its saved values), as
+    the frontend fills them; [] when any of them has none (the caller then refuses the node)."""
+    specs = {**(node_def.get("input", {}).get("required") or {}), **(node_def.get("input", {}).get("optional") or {})}
+    out = []
+    for kind, name in missing:
+        if kind != "value":
+            return []
+        spec = specs[name]
+        opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        if "default" in opts:
+            out.append(opts["default"])
+        elif isinstance(spec[0], list) and spec[0]:
+            out.append(spec[0][0])
+        else:
+            return []
+    return out
 
 
 def _links_by_id(workflow: dict) -> dict[int, tuple[int, int, int, int]]:
@@ -135,6 +158,7 @@ def convert(workflow: dict, object_info: dict) -> dict[str, dict[str, Any]]:
                 if kind == "value" and name in values:
                     inputs[name] = values[name]
         elif values:
+            values = list(values) + trailing_defaults(node_def, slots[len(values):])
             if len(values) != len(slots):
                 raise ConversionError(
                     f"node {node_id} ({ntype}): {len(values)} widgets_values for {len(slots)} widget slots "
