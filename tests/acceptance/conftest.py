@@ -3,7 +3,8 @@ random-weight models in its model folder, started once per run and host.
 
 Hosts: every acceptance test runs once per ComfyUI version in HOSTS (0.3.75 from PyPI, 0.33.0
 from `../shared/hosts/`), through the session fixture `comfy_host`; its id shows in test names
-(`[comfyui-0.33.0]`). `SEEDVR2_ACCEPTANCE_HOSTS=0.3.75` (comma-separated) narrows the list. A host
+(`[comfyui-0.33.0]`), except tests marked `newest_host_only` (the newest selected host alone).
+`SEEDVR2_ACCEPTANCE_HOSTS=0.3.75` (comma-separated) narrows the list. A host
 whose source is absent here (no `../shared`) skips its tests, naming the reason. pytest groups
 the tests by host and stops one host's server before starting the next.
 
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = REPO / ".ci" / "setup_comfyui.sh"
 PACK_FOLDER = "ComfyUI-SeedVR2-BlockSwap"  # what a user's `git clone` into custom_nodes/ gives
 HOSTS = ("0.3.75", "0.33.0")  # the ComfyUI versions .ci/setup_comfyui.sh sets up
+SOURCE_TARBALLS = {"0.33.0": "comfyui-0.33.0.tar.gz"}  # hosts whose source lies in ../shared/hosts
 ACCEPTANCE_HELP = ("acceptance tests drive a real ComfyUI server (set-up ~3 min cold per host, ~5 s cached); "
                    "run them with `python -m pytest -m acceptance` or SEEDVR2_ACCEPTANCE=1")
 FRONTEND_HELP = ("frontend tests open the example workflows in ComfyUI's own frontend in headless Chromium; "
@@ -55,6 +57,21 @@ def acceptance_enabled(config: pytest.Config) -> bool:
     return marker_enabled(config, "acceptance")
 
 
+def _only_newest_host(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `newest_host_only` (long ones about the pack itself, not the host) run on the
+    newest selected host whose source is here: their other-host variants are deselected, not skipped."""
+    hosts_dir = Path(os.environ.get("SEEDVR2_HOSTS_DIR") or REPO.parent / "shared" / "hosts")
+    available = [h for h in selected_hosts() if h not in SOURCE_TARBALLS or (hosts_dir / SOURCE_TARBALLS[h]).is_file()]
+    newest = (available or selected_hosts())[-1]
+    keep, drop = [], []
+    for item in items:
+        host = getattr(getattr(item, "callspec", None), "params", {}).get("comfy_host")
+        (drop if item.get_closest_marker("newest_host_only") and host not in (None, newest) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def selected_hosts() -> list[str]:
     wanted = [h.strip() for h in os.environ.get("SEEDVR2_ACCEPTANCE_HOSTS", "").split(",") if h.strip()]
     unknown = sorted(set(wanted) - set(HOSTS))
@@ -64,6 +81,7 @@ def selected_hosts() -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _only_newest_host(config, items)
     for marker, (_, help_text) in OPT_IN.items():
         if marker_enabled(config, marker):
             continue
