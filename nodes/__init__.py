@@ -4,12 +4,13 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from . import model_folder
+from . import model_folder, sample_input
 from .blockswap_config import BlockSwapConfigNode
 from .loaders import LoadDiTNode, LoadVAENode
 from .upscale import UpscaleNode
 
 model_folder.register()
+sample_input.provide()
 
 
 class SeedVR2BlockSwapExtension(ComfyExtension):

@@ -102,7 +102,7 @@ class LoadVAENode(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id=f"{NODE_PREFIX}LoadVAE",
-            display_name="SeedVR2 Load VAE",
+            display_name="SeedVR2 Load VAE (BlockSwap)",
             category=CATEGORY,
             description=("Loads the SeedVR2 causal video VAE. It dominates VRAM at high resolution; tiling bounds "
                          "it to about one tile's worth whatever the frame size."),

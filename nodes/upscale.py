@@ -31,8 +31,8 @@ class UpscaleNode(io.ComfyNode):
                          "encode, the DiT and VAE decode over all batches in turn, so only one model is on the GPU "
                          "at a time. RGBA in gives RGBA out."),
             inputs=[
-                DiTType.Input("dit", tooltip="From SeedVR2 Load DiT."),
-                VAEType.Input("vae", tooltip="From SeedVR2 Load VAE."),
+                DiTType.Input("dit", tooltip="From SeedVR2 Load DiT (BlockSwap)."),
+                VAEType.Input("vae", tooltip="From SeedVR2 Load VAE (BlockSwap)."),
                 io.Image.Input("image", tooltip="Frames to upscale: one image, or a video's frames as a batch."),
                 io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="Noise seed. The same seed gives the same result on any GPU."),

@@ -1,10 +1,19 @@
-"""Session fixtures of the acceptance suite: a real ComfyUI (0.3.75 from PyPI) with this pack in
-`custom_nodes/`, tiny random-weight models in its model folder, started once per run.
+"""Session fixtures of the acceptance suite: a real ComfyUI with this pack in `custom_nodes/`, tiny
+random-weight models in its model folder, started once per run and host.
+
+Hosts: every acceptance test runs once per ComfyUI version in HOSTS (0.3.75 from PyPI, 0.33.0
+from `../shared/hosts/`), through the session fixture `comfy_host`; its id shows in test names
+(`[comfyui-0.33.0]`), except tests marked `newest_host_only` (the newest selected host alone).
+`SEEDVR2_ACCEPTANCE_HOSTS=0.3.75` (comma-separated) narrows the list. A host
+whose source is absent here (no `../shared`) skips its tests, naming the reason. pytest groups
+the tests by host and stops one host's server before starting the next.
 
 Off by default: a plain `python -m pytest` skips these tests with the reason. Enable them with
 `python -m pytest -m acceptance` (any -m expression that names `acceptance` without `not`) or
-`SEEDVR2_ACCEPTANCE=1`. The set-up (`.ci/setup_comfyui.sh`, cached under
-`${TMPDIR:-/tmp}/seedvr2-acceptance/`) runs from the first test that needs the server.
+`SEEDVR2_ACCEPTANCE=1`; the browser tests of the real frontend likewise with `-m frontend` or
+`SEEDVR2_FRONTEND=1`. The set-up (`.ci/setup_comfyui.sh HOST`, cached under
+`${SEEDVR2_ACCEPTANCE_DIR:-${TMPDIR:-/tmp}/seedvr2-acceptance}/HOST/`) runs from the first test
+that needs the server.
 """
 from __future__ import annotations
 
@@ -27,24 +36,59 @@ from .workflow import SMALL, is_video, served_examples
 REPO = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = REPO / ".ci" / "setup_comfyui.sh"
 PACK_FOLDER = "ComfyUI-SeedVR2-BlockSwap"  # what a user's `git clone` into custom_nodes/ gives
-ACCEPTANCE_HELP = ("acceptance tests drive a real ComfyUI server (set-up ~3 min cold, ~5 s cached); "
+HOSTS = ("0.3.75", "0.33.0")  # the ComfyUI versions .ci/setup_comfyui.sh sets up
+SOURCE_TARBALLS = {"0.33.0": "comfyui-0.33.0.tar.gz"}  # hosts whose source lies in ../shared/hosts
+ACCEPTANCE_HELP = ("acceptance tests drive a real ComfyUI server (set-up ~3 min cold per host, ~5 s cached); "
                    "run them with `python -m pytest -m acceptance` or SEEDVR2_ACCEPTANCE=1")
+FRONTEND_HELP = ("frontend tests open the example workflows in ComfyUI's own frontend in headless Chromium; "
+                 "run them with `python -m pytest -m frontend` or SEEDVR2_FRONTEND=1")
+OPT_IN = {"acceptance": ("SEEDVR2_ACCEPTANCE", ACCEPTANCE_HELP), "frontend": ("SEEDVR2_FRONTEND", FRONTEND_HELP)}
+
+
+def marker_enabled(config: pytest.Config, marker: str) -> bool:
+    """A slow suite runs when its environment switch is on or the -m expression names it (not negated)."""
+    if os.environ.get(OPT_IN[marker][0], "").lower() in ("1", "true", "yes", "on"):
+        return True
+    markexpr = config.getoption("markexpr", "") or ""
+    return bool(re.search(rf"(?<!not )\b{marker}\b", markexpr))
 
 
 def acceptance_enabled(config: pytest.Config) -> bool:
-    if os.environ.get("SEEDVR2_ACCEPTANCE", "").lower() in ("1", "true", "yes", "on"):
-        return True
-    markexpr = config.getoption("markexpr", "") or ""
-    return bool(re.search(r"(?<!not )\bacceptance\b", markexpr))
+    return marker_enabled(config, "acceptance")
+
+
+def _only_newest_host(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `newest_host_only` (long ones about the pack itself, not the host) run on the
+    newest selected host whose source is here: their other-host variants are deselected, not skipped."""
+    hosts_dir = Path(os.environ.get("SEEDVR2_HOSTS_DIR") or REPO.parent / "shared" / "hosts")
+    available = [h for h in selected_hosts() if h not in SOURCE_TARBALLS or (hosts_dir / SOURCE_TARBALLS[h]).is_file()]
+    newest = (available or selected_hosts())[-1]
+    keep, drop = [], []
+    for item in items:
+        host = getattr(getattr(item, "callspec", None), "params", {}).get("comfy_host")
+        (drop if item.get_closest_marker("newest_host_only") and host not in (None, newest) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def selected_hosts() -> list[str]:
+    wanted = [h.strip() for h in os.environ.get("SEEDVR2_ACCEPTANCE_HOSTS", "").split(",") if h.strip()]
+    unknown = sorted(set(wanted) - set(HOSTS))
+    if unknown:
+        raise pytest.UsageError(f"SEEDVR2_ACCEPTANCE_HOSTS names unknown host(s) {unknown}; known: {list(HOSTS)}")
+    return wanted or list(HOSTS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if acceptance_enabled(config):
-        return
-    skip = pytest.mark.skip(reason=ACCEPTANCE_HELP)
-    for item in items:
-        if "acceptance" in item.keywords:
-            item.add_marker(skip)
+    _only_newest_host(config, items)
+    for marker, (_, help_text) in OPT_IN.items():
+        if marker_enabled(config, marker):
+            continue
+        skip = pytest.mark.skip(reason=help_text)
+        for item in items:
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(skip)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -86,24 +130,40 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 # ------------------------------------------------------------------------------------------------
 # ComfyUI set-up and server.
 
+SETUP_UNAVAILABLE = 77  # .ci/setup_comfyui.sh: this host's source is not on this machine
+
+
+@pytest.fixture(scope="session", params=selected_hosts(), ids=lambda host: f"comfyui-{host}")
+def comfy_host(request: pytest.FixtureRequest) -> str:
+    """The ComfyUI version under test; every fixture below (and so every test) runs once per host."""
+    return request.param
+
+
 @dataclass(frozen=True)
 class ComfyInstall:
     tree: Path  # pristine ComfyUI tree (never modified by tests)
     python: Path  # its venv's python
+    version: str = "0.3.75"  # ComfyUI's own version (comfyui_version.py)
 
 
 @pytest.fixture(scope="session")
-def comfy_install(acceptance_report: AcceptanceReport) -> ComfyInstall:
+def comfy_install(comfy_host: str, acceptance_report: AcceptanceReport) -> ComfyInstall:
     t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(SETUP_SCRIPT)], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(["bash", str(SETUP_SCRIPT), comfy_host], cwd=REPO, capture_output=True, text=True,
+                          timeout=1800)
+    if proc.returncode == SETUP_UNAVAILABLE:
+        pytest.skip(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"ComfyUI {comfy_host} unavailable")
     if proc.returncode != 0:
-        pytest.fail(f"{SETUP_SCRIPT.name} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n"
+        pytest.fail(f"{SETUP_SCRIPT.name} {comfy_host} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n"
                     f"{proc.stderr[-4000:]}", pytrace=False)
     values = dict(line.split("=", 1) for line in proc.stdout.splitlines() if line.startswith("SEEDVR2_COMFYUI_"))
-    install = ComfyInstall(Path(values["SEEDVR2_COMFYUI_DIR"]), Path(values["SEEDVR2_COMFYUI_PYTHON"]))
-    did = [line.removeprefix("setup_comfyui: ") for line in proc.stdout.splitlines()
-           if line.startswith("setup_comfyui: ") and ("up to date" in line or "built" in line or "laid out" in line)]
-    acceptance_report.add(f"set-up: {time.monotonic() - t0:.0f}s ({'; '.join(did)})")
+    install = ComfyInstall(Path(values["SEEDVR2_COMFYUI_DIR"]), Path(values["SEEDVR2_COMFYUI_PYTHON"]),
+                           values["SEEDVR2_COMFYUI_VERSION"])
+    assert install.version == comfy_host, f"{SETUP_SCRIPT.name} {comfy_host} set up ComfyUI {install.version}"
+    prefix = f"setup_comfyui[{comfy_host}]: "
+    did = [line.removeprefix(prefix) for line in proc.stdout.splitlines()
+           if line.startswith(prefix) and any(w in line for w in ("up to date", "built", "laid out", "ready"))]
+    acceptance_report.add(f"[{comfy_host}] set-up: {time.monotonic() - t0:.0f}s ({'; '.join(did)})")
     return install
 
 
@@ -129,7 +189,7 @@ def _write_models(folder: Path) -> tuple[str, str, str]:
 @pytest.fixture(scope="session")
 def comfy_root(comfy_install: ComfyInstall, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh copy of the ComfyUI tree for this run, with the pack linked into custom_nodes/."""
-    root = tmp_path_factory.mktemp("comfyui") / "ComfyUI"
+    root = tmp_path_factory.mktemp(f"comfyui-{comfy_install.version}") / "ComfyUI"
     shutil.copytree(comfy_install.tree, root, symlinks=True)
     (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
     return root
@@ -161,7 +221,8 @@ def comfy(comfy_install: ComfyInstall, comfy_root: Path, model_files: ModelFiles
     server = ComfyServer(comfy_install.python, comfy_root, comfy_root.parent / "comfyui.log",
                          extra_args=["--extra-model-paths-config", str(yaml_path)])
     seconds = server.start()
-    acceptance_report.add(f"server: ComfyUI {server.get_json('/system_stats')['system']['comfyui_version']} "
+    acceptance_report.add(f"[{comfy_install.version}] server: ComfyUI "
+                          f"{server.get_json('/system_stats')['system']['comfyui_version']} "
                           f"up in {seconds:.1f}s, RSS {server.rss_mb():.0f} MiB, log {server.log_path}")
     yield server
     server.stop()

@@ -340,12 +340,25 @@ class WebSocket:
         mask = os.urandom(4)
         header = bytes([0x80 | opcode])
         n = len(payload)
-        header += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
-        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        if n < 126:
+            header += bytes([0x80 | n])
+        elif n < 1 << 16:
+            header += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        masked = (int.from_bytes(payload, "little") ^ int.from_bytes(mask * (n // 4 + 1), "little")
+                  ).to_bytes(4 * (n // 4 + 1), "little")[:n] if n else b""
+        self.sock.sendall(header + mask + masked)
+
+    def send_json(self, message: Any) -> None:
+        self._send(0x1, json.dumps(message).encode())
 
     def events(self, timeout: float) -> Iterator[dict]:
         """Yield JSON events until `timeout` seconds pass (then stop quietly)."""
         deadline = time.monotonic() + timeout
+        yield from self._messages(deadline)
+
+    def _messages(self, deadline: float) -> Iterator[dict]:
         message, msg_op = b"", None
         while True:
             try:

@@ -79,7 +79,10 @@ def test_converter_matches_the_frontend_on_core_nodes(comfy, comfy_install, comf
     (info,) = media.probe(comfy_install.python, [comfy_root / "output" / out["filename"]])
     assert (info["width"], info["height"]) == (32, 40)
 
-    # A workflow saved by another version of a node (one widget value missing) is refused, not shifted.
+    # A workflow saved before a node gained a trailing widget: that widget takes its default, as
+    # in the frontend. More values than widgets would shift them: refused.
     workflow["nodes"][3]["widgets_values"] = ["nearest-exact", 32, 512]
+    assert convert(workflow, comfy.object_info())["4"]["inputs"]["crop"] == "disabled"
+    workflow["nodes"][3]["widgets_values"] = ["nearest-exact", 32, 512, "disabled", "extra"]
     with pytest.raises(ConversionError, match="ImageScale"):
         convert(workflow, comfy.object_info())

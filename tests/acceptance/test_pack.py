@@ -43,7 +43,7 @@ EXPECTED = {
                     "attention": {"sdpa", "flash_attn"}},
     },
     "SVR2BS_LoadVAE": {
-        "display_name": "SeedVR2 Load VAE",
+        "display_name": "SeedVR2 Load VAE (BlockSwap)",
         "output": ["SEEDVR2_VAE"],
         "inputs": {
             "model": ("required", "COMBO", "ema_vae_fp16.safetensors"),
@@ -107,6 +107,18 @@ def test_object_info_lists_exactly_our_nodes(comfy, acceptance_report):
     for node_id, want in EXPECTED.items():
         assert info[node_id]["display_name"] == want["display_name"]
         assert info[node_id]["output"] == want["output"], f"{node_id} outputs"
+
+
+def test_display_names_tell_ours_from_core(comfy):
+    """In node search our nodes sit beside core's own SeedVR2 nodes (0.33.0): each of ours carries
+    the BlockSwap mark, and no other node (core or another pack) shows a name of ours."""
+    info = comfy.object_info()
+    ours = {k: v["display_name"] for k, v in info.items() if v.get("python_module") == MODULE}
+    unmarked = sorted(name for name in ours.values() if "BlockSwap" not in name)
+    assert not unmarked, f"display names without the BlockSwap mark: {unmarked}"
+    others = {v.get("display_name") or k: k for k, v in info.items() if v.get("python_module") != MODULE}
+    clashes = {name: others[name] for name in ours.values() if name in others}
+    assert not clashes, f"other nodes show the same display name as ours: {clashes}"
 
 
 @pytest.mark.parametrize("node_id", sorted(EXPECTED))

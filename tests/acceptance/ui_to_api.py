@@ -14,6 +14,13 @@ know which inputs are widgets:
   links are followed through `Reroute` nodes and through bypassed nodes (mode 4, the output passes
   the first input of the same type); links from muted nodes (mode 2) are dropped.
 - Muted and bypassed nodes and frontend-only nodes (Note, MarkdownNote, Reroute) are not sent.
+- A dynamic combo (0.33.0's `COMFY_DYNAMICCOMBO_V3`, e.g. SaveVideo's format -> codec) is a widget
+  whose selected option adds its own widgets right after it; they are sent as dotted keys
+  (`format.codec`), which the server expands.
+- A workflow saved by an older host has fewer `widgets_values` when a node gained widgets at its
+  end since (0.33.0's CreateVideo added `bit_depth`): as the frontend does, those trailing widgets
+  take their defaults. Any other mismatch (more values than widgets, or a missing value with no
+  default) means the saved values would be shifted, and is refused.
 
 Anything the example workflows do not use and this module cannot do faithfully (subgraphs, group
 nodes, PrimitiveNode, audio upload widgets) raises `ConversionError` rather than guessing.
@@ -23,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 SEED_NAMES = {"seed", "noise_seed"}
 MODE_MUTED = 2
 MODE_BYPASS = 4
@@ -35,10 +43,13 @@ class ConversionError(ValueError):
     pass
 
 
-def widget_slots(node_def: dict) -> list[tuple[str, str | None]]:
-    """The node's widgets in creation order as (kind, input name): kind is "value" for a widget
-    sent to the server, "frontend" for a frontend-only widget that still holds a slot."""
-    slots: list[tuple[str, str | None]] = []
+def widget_slots(node_def: dict, prefix: str = "") -> list[tuple]:
+    """The node's widgets in creation order as (kind, input name, spec): kind is "value" for a
+    widget sent to the server, "frontend" for a frontend-only widget that still holds a slot, and
+    "dynamic" for a dynamic combo (0.33.0's `COMFY_DYNAMICCOMBO_V3`), whose selected option adds
+    its own widgets right after it, named `<combo>.<input>` (the server expands those dotted keys).
+    Hidden inputs have no widget."""
+    slots: list[tuple] = []
     upload_after_required = False
     inputs = node_def.get("input", {})
     order = node_def.get("input_order", {})
@@ -47,22 +58,78 @@ def widget_slots(node_def: dict) -> list[tuple[str, str | None]]:
         for name in order.get(section) or list(specs):
             spec = specs[name]
             kind, opts = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+            if opts.get("hidden"):
+                continue
+            if kind == DYNAMIC_COMBO:
+                slots.append(("dynamic", prefix + name, spec))
+                continue
             is_combo = isinstance(kind, list) or kind == "COMBO"
             if not (is_combo or kind in WIDGET_TYPES) or opts.get("forceInput"):
                 continue  # a socket, not a widget
             if opts.get("audio_upload"):
-                raise ConversionError(f"{node_def['name']}.{name}: audio upload widgets are not supported")
-            slots.append(("value", name))
+                raise ConversionError(f"{node_def.get('name')}.{name}: audio upload widgets are not supported")
+            slots.append(("value", prefix + name, spec))
             if kind == "INT" and opts.get("control_after_generate", name in SEED_NAMES):
-                slots.append(("frontend", f"{name}:control_after_generate"))
+                slots.append(("frontend", f"{prefix}{name}:control_after_generate", None))
             elif is_combo and opts.get("control_after_generate"):
-                slots.append(("frontend", f"{name}:control_after_generate"))
-                slots.append(("frontend", f"{name}:control_filter_list"))
+                slots.append(("frontend", f"{prefix}{name}:control_after_generate", None))
+                slots.append(("frontend", f"{prefix}{name}:control_filter_list", None))
             if section == "required" and is_combo and any(opts.get(f) for f in MEDIA_UPLOAD_FLAGS):
                 upload_after_required = True
         if section == "required" and upload_after_required:
-            slots.append(("frontend", "upload"))
+            slots.append(("frontend", prefix + "upload", None))
     return slots
+
+
+def assign_widgets(node_def: dict, values: list, where: str) -> dict[str, Any]:
+    """Widget values by input name, walking the widgets in creation order (dynamic combos open
+    their selected option's widgets as they go). A workflow saved before a node gained widgets at
+    its end lacks their values: they take their defaults, as the frontend fills them. More values
+    than widgets, a missing value with no default, or an unknown dynamic option is refused."""
+    slots = widget_slots(node_def)
+    out: dict[str, Any] = {}
+    k = 0
+    while k < len(slots):
+        kind, name, spec = slots[k]
+        if k < len(values):
+            value = values[k]
+        elif kind == "frontend":
+            value = None
+        else:
+            value = _default(spec)
+            if value is _NO_DEFAULT:
+                raise ConversionError(f"{where}: {len(values)} widgets_values, but widget {name!r} (slot {k}) has "
+                                      "no value and no default; the workflow does not match this server's node definition")
+        if kind == "value":
+            out[name] = {"__value__": value} if isinstance(value, list) else value
+        elif kind == "dynamic":
+            out[name] = value
+            option = next((o for o in spec[1].get("options", []) if o.get("key") == value), None)
+            if option is None:
+                raise ConversionError(f"{where}: {value!r} is not an option of {name!r}")
+            slots[k + 1:k + 1] = widget_slots({"input": option.get("inputs") or {}}, prefix=name + ".")
+        k += 1
+    if len(values) > len(slots):
+        raise ConversionError(
+            f"{where}: {len(values)} widgets_values for {len(slots)} widget slots {[n for _, n, _ in slots]}; "
+            "the workflow does not match this server's node definition")
+    return out
+
+
+_NO_DEFAULT = object()
+
+
+def _default(spec: list) -> Any:
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(spec[0], list) and spec[0]:
+        return spec[0][0]
+    if spec[0] == "COMBO" and opts.get("options"):
+        return opts["options"][0]
+    if spec[0] == DYNAMIC_COMBO and opts.get("options"):
+        return opts["options"][0]["key"]
+    return _NO_DEFAULT
 
 
 def _links_by_id(workflow: dict) -> dict[int, tuple[int, int, int, int]]:
@@ -129,19 +196,12 @@ def convert(workflow: dict, object_info: dict) -> dict[str, dict[str, Any]]:
             raise ConversionError(f"node {node_id}: type {ntype!r} is not registered on the server")
         inputs: dict[str, Any] = {}
         values = node.get("widgets_values")
-        slots = widget_slots(node_def)
         if isinstance(values, dict):  # some packs save widgets by name
-            for kind, name in slots:
+            for kind, name, _ in widget_slots(node_def):
                 if kind == "value" and name in values:
                     inputs[name] = values[name]
         elif values:
-            if len(values) != len(slots):
-                raise ConversionError(
-                    f"node {node_id} ({ntype}): {len(values)} widgets_values for {len(slots)} widget slots "
-                    f"{[n for _, n in slots]}; the workflow does not match this server's node definition")
-            for (kind, name), value in zip(slots, values):
-                if kind == "value":
-                    inputs[name] = {"__value__": value} if isinstance(value, list) else value
+            inputs.update(assign_widgets(node_def, list(values), f"node {node_id} ({ntype})"))
         for inp in node.get("inputs") or []:
             if inp.get("link") is None:
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import urllib.parse
 from pathlib import Path
 
 from . import media
@@ -74,7 +75,7 @@ def served_examples(comfy: ComfyServer, pack_folder: str) -> dict[str, dict]:
         f"/workflow_templates lists {served} for {pack_folder}; workflows/ has {[f.name for f in files]}"
     out = {}
     for path in files:
-        ui = comfy.get_json(f"/api/workflow_templates/{pack_folder}/{path.name}")
+        ui = comfy.get_json(f"/api/workflow_templates/{urllib.parse.quote(pack_folder)}/{urllib.parse.quote(path.name)}")
         assert ui == json.loads(path.read_text()), f"the served {path.name} differs from the repo's"
         out[path.stem] = ui
     return out
