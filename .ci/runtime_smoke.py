@@ -41,6 +41,7 @@ def run(cmd: list[str], cwd: Path) -> str:
 def load_tiny_models():
     spec = importlib.util.spec_from_file_location("tiny_models", REPO / "tests" / "tiny_models.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -69,6 +70,12 @@ def read_clip(path: Path) -> tuple[int, int, int, Fraction]:
 
 
 def smoke(work: Path, installed: bool) -> None:
+    cli = Path(sys.executable).with_name("seedvr2")
+    # First the command line alone, before this script imports anything that could hide a missing package.
+    for cmd in ([cli, "--help"], [sys.executable, "-m", "seedvr2", "--help"]):
+        if "--resolution" not in run(cmd, work):
+            raise SmokeFailure(f"{cmd}: --help does not list the options")
+
     import numpy as np
     import seedvr2
     from PIL import Image
@@ -77,13 +84,8 @@ def smoke(work: Path, installed: bool) -> None:
     if installed and REPO in origin.parents:
         raise SmokeFailure(f"seedvr2 was imported from the checkout ({origin}), not from the installed package")
     models = load_tiny_models().write_tiny_models(work / "models")
-    cli = Path(sys.executable).with_name("seedvr2")
     common = ["--models-dir", models.models_dir, "--dit", models.dit.name, "--vae", models.vae.name,
               "--no-download", "--device", "cpu", "-q"]
-
-    for cmd in ([cli, "--help"], [sys.executable, "-m", "seedvr2", "--help"]):
-        if "--resolution" not in run(cmd, work):
-            raise SmokeFailure(f"{cmd}: --help does not list the options")
 
     write_clip(work / "clip.mp4", frames=7, height=12, width=16, fps=12)
     run([cli, "clip.mp4", "-o", "clip_up.mp4", "--resolution", "24", "--batch-size", "5", *common], work)
