@@ -29,6 +29,7 @@ tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Py
 
 README = (REPO / "README.md").read_text()
 CI_RUN = REPO / ".ci" / "run"
+BASH = shutil.which("bash")
 # What the README's install line must be (after `pip install`): torch, and this project with its cli extra.
 INSTALL_ARGS = ["torch", "-e", ".[cli]"]
 # Snippet path -> tiny model file standing in for it (models/SEEDVR2 is where the command line downloads).
@@ -122,19 +123,28 @@ def test_ci_run_help_prints_usage_and_touches_nothing(tmp_path, flag):
     work = tmp_path / "ci"
     (work / "venv").mkdir(parents=True)
     (work / "venv" / "keep").write_text("x")
-    env = {**os.environ, "CI_WORK_DIR": str(work), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(["bash", str(CI_RUN), flag], capture_output=True, text=True, timeout=30, env=env,
-                         cwd=tmp_path)
+    out = subprocess.run([BASH, str(CI_RUN), flag], capture_output=True, text=True, timeout=30,
+                         env=_ci_env(tmp_path, work), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("Usage: .ci/run") and "CI_WORK_DIR" in out.stdout
     assert sorted(p.name for p in work.rglob("*")) == ["keep", "venv"]  # nothing deleted, nothing made
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ci"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "ci"]
+
+
+def _ci_env(tmp_path, work) -> dict[str, str]:
+    """Environment for running .ci/run's argument handling: a PATH holding only what usage needs, so
+    that a broken script stops at its first real command (rm, python3) instead of starting a CI run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("cat", "dirname"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    return {**os.environ, "CI_WORK_DIR": str(work), "PATH": str(bin_dir)}
 
 
 def test_ci_run_refuses_unknown_arguments(tmp_path):
-    out = subprocess.run(["bash", str(CI_RUN), "--bogus"], capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "CI_WORK_DIR": str(tmp_path / "ci")})
-    assert out.returncode == 2 and "unknown argument: --bogus" in out.stderr
+    out = subprocess.run([BASH, str(CI_RUN), "--bogus"], capture_output=True, text=True, timeout=30,
+                         env=_ci_env(tmp_path, tmp_path / "ci"))
+    assert out.returncode == 2 and "unknown argument: --bogus" in out.stderr and "Usage:" in out.stderr
     assert not (tmp_path / "ci").exists()
 
 
