@@ -108,8 +108,10 @@ def test_cli_extra_holds_its_parts():
 
 def test_packages_found_are_seedvr2_and_blockswap_complete():
     include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {".".join(p.parent.relative_to(REPO).parts) for p in REPO.rglob("__init__.py")
-                if p.parent != REPO and "data" not in p.parent.relative_to(REPO).parts}
+    # what setuptools' find sees: folders with __init__.py under top-level ones (never .venv, build/, ...)
+    tops = [d for d in REPO.iterdir() if (d / "__init__.py").is_file() and d.name.isidentifier()]
+    packages = {".".join(p.parent.relative_to(REPO).parts) for top in tops for p in top.rglob("__init__.py")}
+    assert {"nodes", "seedvr2", "blockswap"} <= packages
     found = {p for p in packages if any(fnmatch.fnmatchcase(p, pattern) for pattern in include)}
     assert {p.split(".")[0] for p in found} == set(SHIPPED)
     # a folder of modules without __init__.py would be left out of the wheel
