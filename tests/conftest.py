@@ -7,16 +7,19 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-REFERENCE = SHARED / "reference"
+DATA = REPO / "tests" / "data"
+# Copied from shared/reference/ (fixtures and manifests from the official implementation; provenance in
+# golden/README.md), so that a fresh clone runs every parity test with nothing beside it.
+REFERENCE = DATA / "reference"
 GOLDEN = REFERENCE / "golden"
+# The project's shared folder beside the checkout (guides, hosts): optional, never needed by the unit suite.
+SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """`../shared/reference/` beside the checkout; tests needing it skip when it is absent."""
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference data not found at {REFERENCE} (expected ../shared beside the repo)")
+    """`tests/data/reference/`: the official manifests, text embeddings and golden fixtures."""
+    assert (GOLDEN / "README.md").is_file(), f"reference data missing from the checkout: {REFERENCE}"
     return REFERENCE
 
 

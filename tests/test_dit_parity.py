@@ -1,6 +1,6 @@
 """Golden parity of the SeedVR2 DiTs against the official implementation (tiny 3B- and 7B-type).
 
-Fixtures: ../shared/reference/golden (README there). Tolerances, from that README:
+Fixtures: tests/data/reference/golden (copied from shared/reference; README there). Tolerances, from that README:
 * fp32 attention (``out_fp32`` and every intermediate): atol 1e-4 (an independent port reached 3e-6).
 * official bf16-rounded attention (``out_flash_emul``): atol 2e-2 (rounding boundaries flip).
 """

@@ -18,6 +18,7 @@ from seedvr2.models import download as download_mod
 from seedvr2.models import registry
 from seedvr2.text_embeds import POS_EMB_SHAPE, load_pos_emb
 from seedvr2.vae import load_vae
+from conftest import DATA, SHARED
 from tiny_models import DIT3B_TINY_CONFIG, VAE_TINY_CONFIG, write_tiny_models
 
 
@@ -30,14 +31,22 @@ def tiny(tmp_path_factory):
 # Registry and tiny-model configs against the shared references
 # ------------------------------------------------------------------------------------------
 
-def test_registry_sizes_and_hashes_are_the_guide_values(reference_dir):
-    guide = (reference_dir.parent / "guides" / "checkpoints.md").read_text()
+GUIDE_TABLES = DATA / "guides" / "checkpoints_tables.md"  # verbatim lines of shared/guides/checkpoints.md
+
+
+def test_registry_sizes_and_hashes_are_the_guide_values():
+    tables = GUIDE_TABLES.read_text()
+    rows = [line for line in tables.splitlines() if line.startswith("| ")]
     for entry in MODEL_FILES:
-        assert entry.sha256 in guide, entry.name
-        assert f"{entry.size:,}" in guide, entry.name
-        assert Path(entry.path_in_repo).name in guide, entry.name
-        assert f"`{entry.repo}`" in guide or entry.repo in guide, entry.name
+        row = [line for line in rows if entry.sha256 in line]
+        assert row, f"{entry.name}: SHA-256 not in the guide's tables"
+        assert f"{entry.size:,}" in row[0] and f"`{Path(entry.path_in_repo).name}`" in row[0], (entry.name, row[0])
+        assert entry.repo in tables, entry.name
     assert len({m.name for m in MODEL_FILES}) == len(MODEL_FILES)
+    guide = SHARED / "guides" / "checkpoints.md"
+    if guide.is_file():  # beside the project's shared folder: the copy must still be the guide's text
+        guide_lines = set(guide.read_text().splitlines())
+        assert [row for row in rows if row not in guide_lines] == []
 
 
 def test_tiny_model_configs_are_the_golden_ones(golden_dir):

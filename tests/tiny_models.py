@@ -12,7 +12,7 @@ Weights are fresh random draws from a seeded generator (the golden README's sche
 N(0, 1/fan_in), biases N(0, 0.1^2), norm weights and ada scales 1 + 0.2 N, ada shifts 0.2 N, gates
 0.5 N), so outputs are O(1) and the files are deterministic for a seed. About 6 MB in all; writing
 takes well under a second. Only torch, safetensors and the `seedvr2` package are needed; the
-configs are copied here from `shared/reference/golden` (tests/test_models.py checks they match).
+configs are copied here from `tests/data/reference/golden` (tests/test_models.py checks they match).
 """
 from __future__ import annotations
 
