@@ -150,7 +150,7 @@ def test_ci_run_refuses_unknown_arguments(tmp_path):
 
 def test_readme_documents_every_variable_ci_reads():
     script = CI_RUN.read_text() + (REPO / ".ci" / "setup_comfyui.sh").read_text()
-    assigned = set(re.findall(r"^\s*(?:local\s+)?([A-Za-z_]\w*)=", script, re.M))
+    assigned = set(re.findall(r"^\s*(?:local\s+|declare\s+-\w+\s+)?([A-Za-z_]\w*)=", script, re.M))
     read = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", script)) - assigned - {"BASH_SOURCE"}
     assert read >= {"CI_WORK_DIR", "SEEDVR2_ACCEPTANCE_DIR", "TMPDIR"}
     missing = sorted(name for name in read if f"`{name}`" not in README)
