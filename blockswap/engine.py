@@ -483,9 +483,9 @@ class BlockSwapHandle:
         if not unpinned:
             return
         needed = max(u.nbytes for u in unpinned)
-        if self.transfers.staging_bytes() and min(b.numel() for b in self.transfers._staging) >= needed:
+        if self.transfers.staging_bytes and min(b.numel() for b in self.transfers._staging) >= needed:
             return
-        if self.transfers.staging_bytes():
+        if self.transfers.staging_bytes:
             self.transfers.close()
         staging = self.transfers.enable_staging(needed, STAGING_BUFFERS)
         self.copy_mode = "pinned+staged" if staging else "pageable"
