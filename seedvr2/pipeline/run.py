@@ -27,6 +27,7 @@ from ..color import color_correct
 from ..placement import ModulePlacement, Placement
 from ..preprocess import FrameGeometry, padded_frame_count, to_model_range, to_unit_range
 from ..vae.model import DEFAULT_CHUNK_FRAMES, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, LATENT_SCALE
+from .fit import MemoryFit, RunFit
 from .noise import NoiseSource, SeededNoise
 from .output import FrameSink, TensorSink, to_output
 from .settings import UpscaleInputError, UpscaleSettings, validate_upscale_inputs
@@ -46,16 +47,17 @@ InterruptFn = Callable[[], None]
 class VAETiling:
     """How the VAE splits its work (see `seedvr2.vae.model`).
 
-    tile_size/tile_overlap: spatial tiles in pixels (None = whole frames). Tiling bounds VRAM to
-        about one tile's activations; it is not bit-exact (each tile normalises its own pixels),
-        the overlaps are blended.
+    tile_size/tile_overlap: spatial tiles in pixels (None = whole frames; "auto" = the run's
+        memory plan picks it, see `pipeline.fit`). Tiling bounds VRAM to about one tile's
+        activations; it is not bit-exact (each tile normalises its own pixels), the overlaps are
+        blended.
     chunk_frames: frames per causal temporal chunk (multiple of 4; None = whole batch). Exact.
 
     With tiling on, the VAE's input and output canvases stay in host memory and tiles move to
     the device one at a time; without it they are built on the device.
     """
 
-    tile_size: int | None = DEFAULT_TILE_SIZE
+    tile_size: int | str | None = DEFAULT_TILE_SIZE
     tile_overlap: int = DEFAULT_TILE_OVERLAP
     chunk_frames: int | None = DEFAULT_CHUNK_FRAMES
 
@@ -74,6 +76,8 @@ class UpscaleModels:
     dit_placement/vae_placement: load()/offload() the model's weights; default: move the whole
         module between `device` and the CPU (`ModulePlacement`).
     vae_tiling: spatial tiles and temporal chunks of the VAE (memory vs. exactness).
+    memory: how the run fits the device ("auto" block swap and VAE tiles, out-of-memory
+        fallback; `pipeline.fit.MemoryFit`); None = defaults.
 
     The DiT gets float32 inputs and computes in its own `compute_dtype`; the VAE computes in the
     dtype of its weights and gets its input in that dtype.
@@ -86,6 +90,7 @@ class UpscaleModels:
     dit_placement: Placement | None = None
     vae_placement: Placement | None = None
     vae_tiling: VAETiling = field(default_factory=lambda: VAETiling())
+    memory: MemoryFit | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,12 @@ class _Run:
     device: torch.device
     noise: NoiseSource
     check_interrupt: InterruptFn
-    vae_tiling: VAETiling
+    fit: RunFit
+
+    @property
+    def vae_tiling(self) -> VAETiling:
+        """The current tiling: the plan's, or smaller after an out-of-memory fallback."""
+        return self.fit.vae_tiling
 
     @property
     def vae_io_device(self) -> torch.device:
@@ -147,6 +157,10 @@ def upscale(
     geometry = validate_upscale_inputs(frames, settings)
     device = torch.device(models.device)
     _check_pos_emb(models.pos_emb, models.dit)
+    dit_place = models.dit_placement or ModulePlacement(models.dit, device)
+    vae_place = models.vae_placement or ModulePlacement(models.vae, device)
+    fit = RunFit.start(models.dit, models.vae, models.vae_tiling, dit_place, tuple(frames.shape), geometry.canvas_hw,
+                       settings, device, models.memory)
     num_frames, _, _, channels = frames.shape
     if sink is None:
         out = TensorSink(num_frames, *geometry.output_hw, channels, output_dtype)
@@ -160,22 +174,21 @@ def upscale(
         device=device,
         noise=noise if noise is not None else SeededNoise(settings.seed),
         check_interrupt=check_interrupt or (lambda: None),
-        vae_tiling=models.vae_tiling,
+        fit=fit,
     )
     report = progress or (lambda phase, done, total: None)
-    dit_place = models.dit_placement or ModulePlacement(models.dit, device)
-    vae_place = models.vae_placement or ModulePlacement(models.vae, device)
     vae_dtype = module_dtype(models.vae)
     log.info("SeedVR2: %d frames %dx%d -> %dx%d (canvas %dx%d), %d batch(es)", num_frames, *geometry.input_hw,
              *geometry.output_hw, *geometry.canvas_hw, len(run.batches))
 
     with torch.no_grad():
         with _loaded(vae_place):
-            latents = [_encode(run, models.vae, vae_dtype, b) for b in _each(run, "encode", report)]
+            latents = [fit.retry("encode", lambda b=b: _encode(run, models.vae, vae_dtype, b))
+                       for b in _each(run, "encode", report)]
         with _loaded(dit_place), _interrupt_per_block(models.dit, run.check_interrupt):
             pos_emb = models.pos_emb.to(device, torch.float32)
             for b in _each(run, "dit", report):
-                latents[b.index] = _denoise(run, models.dit, pos_emb, b, latents[b.index])
+                latents[b.index] = fit.retry("dit", lambda b=b: _denoise(run, models.dit, pos_emb, b, latents[b.index]))
         with _loaded(vae_place):
             crossfade = Crossfade(hold_device="cpu")
             for b in _each(run, "decode", report):
@@ -305,7 +318,8 @@ def _decode(run: _Run, vae: nn.Module, dtype: torch.dtype, batch: Batch, x0: tor
             crossfade: Crossfade, sink: FrameSink) -> None:
     """x0 latent -> colour-corrected output frames of this batch, crossfaded into the sink."""
     z = (x0 / LATENT_SCALE).permute(3, 0, 1, 2)[None].to(run.vae_io_device, dtype)  # (1, 16, t, h, w)
-    decoded = vae.decode(z, **run.vae_tiling.kwargs(), on_tile=run.on_tile)[0]     # (3, T4, Hc, Wc)
+    decoded = run.fit.retry("decode", lambda: vae.decode(z, **run.vae_tiling.kwargs(), on_tile=run.on_tile))[0]
+    # (3, T4, Hc, Wc); a retry (out of memory) has pushed nothing into the crossfade yet
     geo = run.geometry
     next_overlap = run.batches[batch.index + 1].overlap if batch.index + 1 < len(run.batches) else 0
     crossfade.start_batch(batch, hold=next_overlap)
