@@ -195,9 +195,7 @@ class _ModelTerms:
             raise ValueError("plan_memory: dit must be a SeedVR2 DiT (seedvr2.build_dit/load_dit), with `blocks` "
                              f"and `config`; got {type(dit).__name__}")
         BlockSwapConfig(prefetch_blocks=prefetch, placement=placement)  # validates both, naming them
-        seen: set[int] = set()
-        block_bytes = tuple(_tensor_bytes(b, seen) for b in blocks)
-        io_bytes = _tensor_bytes(dit, seen)  # everything not in a block
+        block_bytes, io_bytes = _dit_bytes(dit, len(blocks))
         compute = getattr(dit, "compute_dtype", None) or torch.bfloat16
         vae_dtype = _main_dtype(vae)
         return cls(name=_model_name(dit, config), block_bytes=block_bytes, io_bytes=io_bytes, dim=config.dim,
@@ -216,6 +214,25 @@ class _ModelTerms:
         residents = sum(b for i, b in enumerate(self.block_bytes) if i not in idx)
         ring = min(k, len(idx)) * max((self.block_bytes[i] for i in idx), default=0)
         return self.io_bytes + residents + ring
+
+
+def _dit_bytes(dit: nn.Module, num_blocks: int) -> tuple[tuple[int, ...], int]:
+    """Bytes per block and outside the blocks, in one pass (tied tensors counted once, by their
+    first owner, as block swap packs them), 256-byte aligned as in block swap's masters."""
+    per_block = [0] * num_blocks
+    io = 0
+    seen: set[int] = set()
+    for name, t in [*dit.named_parameters(), *dit.named_buffers()]:
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        parts = name.split(".", 2)
+        size = _align(t.numel() * t.element_size())
+        if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit():
+            per_block[int(parts[1])] += size
+        else:
+            io += size
+    return tuple(per_block), io
 
 
 def _tensor_bytes(module: nn.Module, seen: set[int]) -> int:
