@@ -118,3 +118,42 @@ def test_auto_resolves_blocks_and_tiles_from_the_plan_before_the_run(tiny, caplo
 def test_auto_tile_without_a_device_plan_uses_the_default_tile(tiny):  # noqa: F811
     out = upscale(smooth_video(5, 20, 30), _models(tiny, VAETiling(tile_size="auto")), UpscaleSettings(resolution=16))
     assert out.shape[0] == 5
+
+
+class _FakeHandle:
+    """Stands in for a block-swap handle on "cuda" (only what the fit reads and calls)."""
+
+    def __init__(self, cfg):
+        self.config, self.active, self.calls = cfg, True, []
+
+    def reconfigure(self, blocks, prefetch_blocks=None):
+        self.calls.append((blocks, prefetch_blocks))
+
+
+@pytest.mark.parametrize("cap_gib,free_gib", [(None, 9.0), (6.0, 20.0), (6.0, 3.0)])
+def test_on_cuda_the_host_is_asked_to_make_room_for_the_plan_and_the_budget_is_what_is_free(tiny, monkeypatch,  # noqa: F811
+                                                                                              cap_gib, free_gib):
+    """The good-citizen flow: make_room(device, needed) with what the best plan under the cap
+    needs (never more than the cap), then plan for min(cap, free). No GPU needed: the device
+    queries are replaced."""
+    from seedvr2.pipeline import fit as fit_module
+    from seedvr2.planner import plan_memory
+
+    monkeypatch.setattr(fit_module, "total_device_memory", lambda device: 24 * GiB)
+    asked = []
+
+    def make_room(device, needed):
+        asked.append(needed)
+        return int(free_gib * GiB)
+
+    handle = _FakeHandle(BlockSwapConfig(blocks_to_swap="auto",
+                                         vram_budget=cap_gib))
+    settings = UpscaleSettings(resolution=16)
+    fit = fit_module.RunFit.start(tiny.dit, tiny.vae, VAETiling(tile_size="auto"), handle, (5, 20, 30, 3), (16, 32),
+                                  settings, torch.device("cuda"), MemoryFit(make_room=make_room))
+    cap = int((cap_gib or 24) * GiB)
+    assert len(asked) == 1 and 0 < asked[0] <= cap
+    expected = plan_memory(tiny.dit, tiny.vae, (5, 20, 30, 3), settings, min(cap, int(free_gib * GiB)))
+    assert fit.plan == expected
+    assert handle.calls == [(expected.blocks_to_swap, expected.prefetch_blocks)]
+    assert fit.vae_tiling.tile_size == expected.vae_tile_size

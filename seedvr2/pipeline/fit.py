@@ -3,9 +3,9 @@
 Before the run (`RunFit.start`), when the DiT's block swap asks for ``blocks_to_swap="auto"`` or the
 VAE tiling for ``tile_size="auto"``:
 
-1. the budget is the configured ``vram_budget`` or else the device's free memory (torch's cached
-   but unused blocks count as free). A host may first make room: ``MemoryFit.make_room(device,
-   needed)`` is called with what the best plan for the whole card needs (ComfyUI:
+1. the budget is the device's free memory (torch's cached but unused blocks count as free),
+   capped by the configured ``vram_budget``. A host may first make room: ``MemoryFit.make_room(
+   device, needed)`` is called with what the best plan under the cap needs (ComfyUI:
    ``comfy.model_management.free_memory(needed, device)``, which unloads only as many of its
    models as that takes) and returns the free bytes afterwards;
 2. `seedvr2.plan_memory` picks blocks to swap, K and the VAE tile for that budget; the handle is
@@ -111,22 +111,25 @@ class RunFit:
         if budget is None and config is not None:
             budget = config.vram_budget_bytes
         prefetch = getattr(config, "prefetch_blocks", 2)
+        placement = getattr(config, "placement", "spread")
         overlap = self.vae_tiling.tile_overlap
 
         def plan_for(vram: int):
             return plan_memory(dit, vae, frames_shape, settings, vram, reserve_bytes=self.fit.reserve_bytes,
-                               prefetch_blocks=prefetch, tile_overlap=overlap)
+                               prefetch_blocks=prefetch, tile_overlap=overlap, placement=placement)
 
-        if budget is None:
-            if self.device.type == "cuda":
-                ideal = plan_for(total_device_memory(self.device))
-                needed = max(ideal.peak_bytes.values()) + ideal.reserve_bytes
-                budget = (self.fit.make_room(self.device, needed) if self.fit.make_room is not None
-                          else free_device_memory(self.device))
-            elif self.fit.make_room is not None:
-                budget = self.fit.make_room(self.device, 0)
-            else:
-                raise ValueError("memory plan on a CPU device needs MemoryFit.vram_budget or make_room")
+        if self.device.type == "cuda":
+            # What the best plan under the cap needs, made room for by the host, then what is free.
+            cap = budget if budget is not None else total_device_memory(self.device)
+            ideal = plan_for(cap)
+            needed = min(cap, max(ideal.peak_bytes.values()) + ideal.reserve_bytes)
+            free = (self.fit.make_room(self.device, needed) if self.fit.make_room is not None
+                    else free_device_memory(self.device))
+            budget = min(cap, int(free))
+        elif budget is None:
+            if self.fit.make_room is None:
+                raise ValueError("a memory plan on a CPU device needs MemoryFit.vram_budget or make_room")
+            budget = self.fit.make_room(self.device, 0)
         plan = plan_for(int(budget))
         self.plan = plan
         if auto_blocks:
