@@ -37,8 +37,8 @@ def _oom_while(obj, name, condition):
 
 
 def test_vae_oom_halves_the_tile_and_the_output_equals_a_run_tiled_small_from_the_start(tiny, monkeypatch, caplog):  # noqa: F811
-    frames = smooth_video(5, 20, 30)
-    settings = dict(resolution=136, batch_size=5, color_correction="none")  # canvas 144x208
+    frames = smooth_video(1, 20, 30)  # one frame: CPU convs at this size are seconds per frame
+    settings = dict(resolution=136, batch_size=1, color_correction="none")  # canvas 144x208
     whole = VAETiling(tile_size=None, tile_overlap=16, chunk_frames=4)
     wrapped, calls = _oom_while(tiny.vae, "encode", lambda kw: kw["tile_size"] is None or kw["tile_size"] > 200)
     monkeypatch.setattr(tiny.vae, "encode", wrapped)
@@ -51,6 +51,20 @@ def test_vae_oom_halves_the_tile_and_the_output_equals_a_run_tiled_small_from_th
     small = upscale(frames, _models(tiny, VAETiling(tile_size=128, tile_overlap=16, chunk_frames=4)),
                     UpscaleSettings(**settings))
     assert torch.equal(out, small)
+
+
+def test_decode_oom_at_whole_frames_moves_to_one_tile_with_the_same_output(tiny, monkeypatch, caplog):  # noqa: F811
+    frames = smooth_video(1, 20, 30)
+    settings = UpscaleSettings(resolution=64, batch_size=1, color_correction="none")
+    whole = VAETiling(tile_size=None, tile_overlap=16, chunk_frames=4)
+    reference = upscale(frames, _models(tiny, whole), settings)
+    wrapped, calls = _oom_while(tiny.vae, "decode", lambda kw: kw["tile_size"] is None)
+    monkeypatch.setattr(tiny.vae, "decode", wrapped)
+    with caplog.at_level(logging.WARNING, logger="seedvr2"):
+        out = upscale(frames, _models(tiny, whole), settings)
+    assert [t for t, _ in calls] == [None, 128]  # one tile covering the 96-px side (the 128-px floor)
+    assert "out of memory in the decode phase; retrying the batch with VAE tiles of 128 px" in caplog.text
+    assert torch.equal(out, reference)  # one tile is the whole-frame computation
 
 
 def test_vae_oom_at_the_floor_tile_is_raised(tiny, monkeypatch):  # noqa: F811
@@ -72,7 +86,7 @@ def test_fallback_off_raises_at_once(tiny, monkeypatch):  # noqa: F811
 
 
 def test_dit_oom_swaps_more_blocks_and_the_output_equals_a_run_swapping_them_from_the_start(tiny, caplog):  # noqa: F811
-    frames = smooth_video(9, 20, 30)
+    frames = smooth_video(5, 20, 30)
     settings = UpscaleSettings(resolution=16, batch_size=5)
     exact = VAETiling(tile_size=None, tile_overlap=0, chunk_frames=None)
     reference = upscale(frames, _models(tiny, exact), settings)

@@ -15,11 +15,14 @@ from seedvr2.planner import MIN_AUTO_TILE, PHASES, default_reserve_bytes
 GiB = 1 << 30
 
 
+with torch.device("meta"):  # built once: the VAE's constructor takes seconds even on meta
+    META_VAE = seedvr2.build_vae("default").to(torch.bfloat16)
+
+
 def meta_models(family: str, dtype: torch.dtype):
     with torch.device("meta"):
         dit = seedvr2.build_dit(family)
-        vae = seedvr2.build_vae("default")
-    return dit.to(dtype), vae.to(torch.bfloat16)
+    return dit.to(dtype), META_VAE
 
 
 MODELS = {name: meta_models(*spec) for name, spec in {
@@ -131,7 +134,7 @@ def test_the_dit_arena_predicted_is_what_block_swap_allocates():
     dit = seedvr2.build_dit(config).to(torch.float16)
     with torch.device("meta"):
         meta_dit = seedvr2.build_dit(config).to(torch.float16)
-        vae = seedvr2.build_vae("default")
+    vae = META_VAE
     handle = apply_block_swap(dit, BlockSwapConfig(blocks_to_swap="auto"), "cpu", allow_cpu_device=True)
     for vram in (int(0.42 * GiB), int(0.6 * GiB), 2 * GiB):
         plan = plan_memory(meta_dit, vae, (1, 64, 64, 3), UpscaleSettings(resolution=64, batch_size=1), vram,
