@@ -123,24 +123,65 @@ def test_bad_arguments_are_refused_naming_them(kwargs, match):
 
 
 def test_the_dit_arena_predicted_is_what_block_swap_allocates():
-    """Built from the same swapped_indices and the same 256-byte alignment: exactly equal bytes."""
-    from seedvr2.dit import PRESETS
+    """Built from the same swapped_indices and the same 256-byte alignment: exactly equal bytes,
+    for budgets that make the plan swap every count from 0 to all (blocks of two sizes, as the 3B)."""
     from dataclasses import replace
 
+    from seedvr2.dit import PRESETS
+    from seedvr2.planner import WORKSPACE_BYTES, _ModelTerms, _plan
+
     config = replace(PRESETS["3b"], dim=64, heads=2, head_dim=32, num_layers=6, mm_layers=2, mlp_hidden=192, emb_dim=0,
-                     rope_dim=30,
-                     window_shifted=PRESETS["3b"].window_shifted[:6])
+                     rope_dim=30, window_shifted=PRESETS["3b"].window_shifted[:6])
     torch.manual_seed(0)
     dit = seedvr2.build_dit(config).to(torch.float16)
     with torch.device("meta"):
         meta_dit = seedvr2.build_dit(config).to(torch.float16)
-    vae = META_VAE
+    terms = _ModelTerms.read(meta_dit, META_VAE, 2, "spread")
+    shape, settings = (1, 16, 16, 3), UpscaleSettings(resolution=16, batch_size=1)
+    act = _plan(terms, shape, settings, 64 * GiB, 0, 64).details["dit_activations"]
     handle = apply_block_swap(dit, BlockSwapConfig(blocks_to_swap="auto"), "cpu", allow_cpu_device=True)
-    for vram in (int(0.42 * GiB), int(0.6 * GiB), 2 * GiB):
-        plan = plan_memory(meta_dit, vae, (1, 64, 64, 3), UpscaleSettings(resolution=64, batch_size=1), vram,
-                           reserve_bytes=0)
+    seen = set()
+    for target in range(7):
+        vram = WORKSPACE_BYTES + act + terms.arena_bytes(target, 2)
+        plan = _plan(terms, shape, settings, vram, 0, 64)  # plan_memory's core, without the batch search
+        assert plan.peak_bytes["dit"] <= vram
         handle.reconfigure(plan.blocks_to_swap, prefetch_blocks=plan.prefetch_blocks)
         handle.load()
         assert handle.stats().device_weight_bytes == plan.details["dit_weights"], plan.summary()
         handle.offload()
+        seen.add(plan.blocks_to_swap)
     handle.remove()
+    assert len(seen) >= 4 and max(seen) == 6  # the big blocks 0 and 1 were swapped too
+
+
+@pytest.mark.parametrize("name", ["3b fp16", "7b fp8"])
+def test_dense_budgets_are_monotone_and_each_choice_is_the_best_that_fits(name):
+    """A fine grid (32 MiB steps) across the DiT's swap range, on the planner's core (no
+    largest-batch search): monotone, and nothing larger would have fit: one block fewer swapped
+    (or K back to its setting) or the next larger tile exceeds the budget."""
+    from seedvr2.planner import _ModelTerms, _dit_peak, _plan, _shape, _tile_candidates, _vae_peak
+
+    dit, vae = MODELS[name]
+    terms = _ModelTerms.read(dit, vae, 2, "spread")
+    frames, settings = (81, 540, 960, 3), UpscaleSettings(resolution=1080, batch_size=13)
+    shape = _shape(frames, settings)
+    reserve = 0
+    low = _dit_peak(terms, shape, terms.num_blocks, 1) - GiB
+    high = _dit_peak(terms, shape, 0, 2) + GiB
+    previous = None
+    for vram in range(low, high, 32 << 20):
+        plan = _plan(terms, frames, settings, vram, reserve, 64)
+        if previous is not None:
+            assert plan.blocks_to_swap <= previous.blocks_to_swap, (vram, plan.summary(), previous.summary())
+            assert plan.prefetch_blocks >= previous.prefetch_blocks
+            assert _tile_rank(plan.vae_tile_size) >= _tile_rank(previous.vae_tile_size)
+        if plan.fits:
+            if plan.blocks_to_swap > 0 and plan.prefetch_blocks == 2:
+                assert _dit_peak(terms, shape, plan.blocks_to_swap - 1, 2) > vram
+            if plan.prefetch_blocks == 1:
+                assert _dit_peak(terms, shape, terms.num_blocks, 2) > vram
+            candidates = _tile_candidates(shape.canvas)
+            i = candidates.index(plan.vae_tile_size)
+            if i > 0:
+                assert max(_vae_peak(terms, shape, p, candidates[i - 1], 64) for p in ("encode", "decode")) > vram
+        previous = plan
