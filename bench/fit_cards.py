@@ -12,7 +12,9 @@ output (720p, 1080p) and batch (5, 21), with the plan on "auto":
 
     python bench/fit_cards.py                 # predicted table (any machine)
     python bench/fit_cards.py --run           # measure on the GPU (needs RAM for the 7B fp16: ~17 GB)
-    python bench/fit_cards.py --run --cards 8 12 --models 3b-fp16
+    python bench/fit_cards.py --run --cards 8 12 --models 3b-fp16 --outputs 720p --batches 5
+                                              # a subset: each cell builds its model afresh (~1 min for
+                                              # the 7B) and runs a whole batch; all 60 cells take hours
 """
 from __future__ import annotations
 
@@ -64,6 +66,10 @@ def _storage(dit: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return dit
 
 
+# Rope frequency buffers hold constants the model needs; random values would only change the
+# pictures, not the memory, so the bench fills them like every other tensor.
+
+
 def predicted(card: int, model: str, output: str, batch: int):
     dit, vae = meta_models(model)
     vram = int((card - CONTEXT_GIB) * GiB)
@@ -92,13 +98,17 @@ def print_predicted(args: argparse.Namespace) -> None:
 
 
 def random_models(model: str, device: torch.device):
-    """Full-size models with random weights on the host, block swap "auto" on `device`."""
+    """Full-size models with random weights in host RAM (built on meta, filled in place in bf16,
+    then stored as the model's dtype: no fp32 copy of the 7B), block swap "auto" on `device`."""
     family, dtype = MODELS[model]
     gen = torch.Generator().manual_seed(0)
-    dit = seedvr2.build_dit(family).requires_grad_(False)
+    with torch.device("meta"):
+        dit = seedvr2.build_dit(family)
+    dit = dit.to(torch.bfloat16).to_empty(device="cpu").requires_grad_(False)
     with torch.no_grad():
-        for p in dit.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.02 if p.dim() >= 2 else 1.0))
+        for p in [*dit.parameters(), *dit.buffers()]:
+            if p.is_floating_point():
+                p.normal_(0.0, 0.02 if p.dim() >= 2 else 1.0, generator=gen)
     dit = _storage(dit, dtype)
     dit.compute_dtype = torch.bfloat16
     vae = seedvr2.build_vae("default").to(torch.bfloat16).requires_grad_(False)
