@@ -13,6 +13,10 @@ compute device. Forward wrappers then place weights on use:
 * swapped blocks are bound to one of K slots only while they run (see `ring.py` for the ordering
   argument); swapped IO modules use one slot of their own, loaded on use.
 
+`reconfigure()` changes the swap set and K between phases (how "auto" is resolved and how the
+pipeline's out-of-memory fallback swaps more): the block wrappers look each block's role up per
+call, so only residency, the ring, the arena size and pins change.
+
 Weights are never copied back: inference never changes them, so dropping a device copy is just
 rebinding the Parameter to its host master.
 
