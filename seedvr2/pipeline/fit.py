@@ -149,17 +149,17 @@ class RunFit:
         while True:
             try:
                 return attempt()
-            except torch.OutOfMemoryError as exc:
+            except torch.OutOfMemoryError:
                 if not self.fit.oom_fallback:
                     raise
                 change = self._shrink_vae() if phase in ("encode", "decode") else self._shrink_dit()
                 if change is None:
                     raise
-                del exc
-                self._release_cache()
-                message = f"out of memory in the {phase} phase; retrying the batch with {change}"
-                self.fallbacks.append(message)
-                log.warning("SeedVR2: %s", message)
+            # Outside the handler: the traceback (and the failed attempt's tensors) is gone now.
+            self._release_cache()
+            message = f"out of memory in the {phase} phase; retrying the batch with {change}"
+            self.fallbacks.append(message)
+            log.warning("SeedVR2: %s", message)
 
     def _shrink_vae(self) -> str | None:
         from ..planner import MIN_AUTO_TILE, tile_overlap_for
