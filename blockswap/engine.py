@@ -13,6 +13,10 @@ compute device. Forward wrappers then place weights on use:
 * swapped blocks are bound to one of K slots only while they run (see `ring.py` for the ordering
   argument); swapped IO modules use one slot of their own, loaded on use.
 
+`reconfigure()` changes the swap set and K between phases (how "auto" is resolved and how the
+pipeline's out-of-memory fallback swaps more): the block wrappers look each block's role up per
+call, so only residency, the ring, the arena size and pins change.
+
 Weights are never copied back: inference never changes them, so dropping a device copy is just
 rebinding the Parameter to its host master.
 
@@ -29,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -161,15 +165,11 @@ class BlockSwapHandle:
         # 3. Rings, arena layout, wrappers, move guard.
         self.ring = SlotRing(swapped_units, config.prefetch_blocks, prefetch=True, engine=self) if swapped_units else None
         self.io_ring = SlotRing(swapped_io, 1, prefetch=False, engine=self) if swapped_io else None
-        self._arena_bytes = (sum(_align(r.unit.nbytes) for r in self.residents.values())
-                             + sum(ring.nbytes for ring in self._rings()))
+        self._rank = {i: r for r, i in enumerate(self.swapped)}
+        self._arena_bytes = self._layout_bytes()
         self._wrap(model, self._enter, self._exit)
-        for i, (unit, module) in enumerate(zip(self.blocks, blocks)):
-            if unit.swapped:
-                rank = self.swapped.index(i)
-                self._wrap(module, _call(self, "_acquire_block", rank), _call(self, "_release_block", rank))
-            else:
-                self._wrap(module, _call(self, "_use_resident", unit), None)
+        for i, module in enumerate(blocks):
+            self._wrap(module, _call(self, "_enter_block", i), _call(self, "_exit_block", i))
         for rank, (_, module) in enumerate(io_modules if swapped_io else []):
             self._wrap(module, _call(self, "_acquire_io", rank), _call(self, "_release_io", rank))
         self._io_names = [name for name, _ in io_modules]
@@ -306,6 +306,22 @@ class BlockSwapHandle:
         res.waited = True
         unit.bind(unit.views_into(res.view))
 
+    def _layout_bytes(self) -> int:
+        return (sum(_align(r.unit.nbytes) for r in self.residents.values())
+                + sum(ring.nbytes for ring in self._rings()))
+
+    def _enter_block(self, index: int) -> None:
+        rank = self._rank.get(index)
+        if rank is None:
+            self._use_resident(self.blocks[index])
+        else:
+            self._acquire_block(rank)
+
+    def _exit_block(self, index: int, failed: bool = False) -> None:
+        rank = self._rank.get(index)
+        if rank is not None:
+            self._release_block(rank, failed=failed)
+
     def _acquire_block(self, rank: int) -> None:
         self._ensure_arena()
         self.ring.acquire(rank)
@@ -408,6 +424,75 @@ class BlockSwapHandle:
         self._notes.append("removed")
         self.blocks, self.io, self.loose, self.residents = [], [], [], {}
         self.ring = self.io_ring = None
+
+    def reconfigure(self, blocks_to_swap: int, prefetch_blocks: int | None = None) -> None:
+        """Change how many blocks are swapped (and K), between phases: how "auto" is resolved
+        and how an out-of-memory DiT phase retries with more blocks swapped.
+
+        Valid whenever no forward is running; it offloads first (waits for copies in flight and
+        drops the arena), so the next forward starts a new phase with the new layout. Nothing is
+        repacked: host masters are per unit and do not depend on the swap set. What changes is
+        which units are resident, the ring (its slots and K), the arena size and, for blocks that
+        become swapped, pinning (within the budget; staged copies past it). The block wrappers
+        look the role up per call, so none is rewrapped. `config.blocks_to_swap` keeps what the
+        user asked for ("auto" stays "auto"); `stats()` reports the count in force.
+
+        Invariant afterwards, as after `apply_block_swap`: device weights = IO + residents +
+        K x largest swapped block, nothing on the device until the next forward or `load()`.
+        """
+        if not self.active or self.removed:
+            return
+        if self._running is not None:
+            raise RuntimeError("BlockSwap: reconfigure() was called while a forward is running; call it between "
+                               "phases (before the DiT phase, or after an error has propagated)")
+        trial = BlockSwapConfig(blocks_to_swap=blocks_to_swap, prefetch_blocks=prefetch_blocks or self.config.prefetch_blocks,
+                                placement=self.config.placement)  # validates both numbers, naming them
+        swapped = trial.swapped_indices(len(self.blocks))
+        for i in swapped:
+            unit = self.blocks[i]
+            sharers = [u.name for u in self.blocks + self.io + self.loose if unit in u.depends_on]
+            if unit.depends_on or sharers:
+                raise ValueError(f"BlockSwap: cannot swap '{unit.name}': it shares tensors with "
+                                 f"{sharers or [d.name for d in unit.depends_on]}, and a swapped block's weights "
+                                 "leave the device after each use")
+        self.offload()
+        self.swapped = swapped
+        self._rank = {i: r for r, i in enumerate(swapped)}
+        for i, unit in enumerate(self.blocks):
+            unit.swapped = i in self._rank
+        if prefetch_blocks is not None:
+            self.config = replace(self.config, prefetch_blocks=prefetch_blocks)
+        swap_io = self.config.swap_io_components
+        resident_units = self.loose + ([] if swap_io else self.io) + [u for u in self.blocks if not u.swapped]
+        old = self.residents
+        self.residents = {id(u): old.get(id(u)) or _Resident(u, self.transfers.event())
+                          for u in resident_units if u.nbytes}
+        swapped_units = [self.blocks[i] for i in swapped]
+        self._pin_streamed(swapped_units)
+        self.ring = (SlotRing(swapped_units, self.config.prefetch_blocks, prefetch=True, engine=self)
+                     if swapped_units else None)
+        self._arena_bytes = self._layout_bytes()
+        log.info("BlockSwap reconfigured: %s", self.stats().summary())
+
+    def _pin_streamed(self, streamed: list[HostUnit]) -> None:
+        """After a reconfigure: pin newly swapped units within the budget, stage the rest."""
+        mode = self.config.pin_memory
+        if not self.backend.asynchronous or self.offload_device.type != "cpu" or mode == "off" or not streamed:
+            return
+        for unit in streamed:
+            if not unit.pinned:
+                unit.pinned = pin(unit.buffer, self.backend, self._budget, force=mode == "on")
+        self.pinned_bytes = sum(u.nbytes for u in self.blocks + self.io + self.loose if u.pinned)
+        unpinned = [u for u in streamed if not u.pinned]
+        if not unpinned:
+            return
+        needed = max(u.nbytes for u in unpinned)
+        if self.transfers.staging_bytes and min(b.numel() for b in self.transfers._staging) >= needed:
+            return
+        if self.transfers.staging_bytes:
+            self.transfers.close()
+        staging = self.transfers.enable_staging(needed, STAGING_BUFFERS)
+        self.copy_mode = "pinned+staged" if staging else "pageable"
 
     def placement(self) -> list[str]:
         """Per block: "device" while its tensors are bound to device memory, else "offload"."""

@@ -7,6 +7,9 @@ from .vae import build_vae, load_vae
 from .pipeline import (UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling, upscale,
                        validate_upscale_inputs)
 from .placement import ModulePlacement, Placement
+from .planner import MemoryPlan, plan_memory
+from .pipeline.fit import MemoryFit
 
 __all__ = ["build_dit", "load_dit", "build_vae", "load_vae", "upscale", "validate_upscale_inputs", "UpscaleInputError",
-           "UpscaleModels", "UpscaleSettings", "VAETiling", "ModulePlacement", "Placement"]
+           "UpscaleModels", "UpscaleSettings", "VAETiling", "ModulePlacement", "Placement", "plan_memory", "MemoryPlan",
+           "MemoryFit"]

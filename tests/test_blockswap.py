@@ -73,7 +73,7 @@ def block_bytes(model: ToyDiT, i: int) -> int:
 @pytest.mark.parametrize("field,value,match", [
     ("blocks_to_swap", -1, r"blocks_to_swap must be in >= 0"),
     ("blocks_to_swap", True, r"blocks_to_swap must be an integer"),
-    ("blocks_to_swap", "auto", r"blocks_to_swap must be an integer"),
+    ("blocks_to_swap", "lots", r"blocks_to_swap must be an integer >= 0 or .auto."),
     ("prefetch_blocks", 0, r"prefetch_blocks must be in 1\.\.8"),
     ("prefetch_blocks", 9, r"prefetch_blocks must be in 1\.\.8"),
     ("pin_memory", "yes", r"pin_memory must be one of 'auto', 'on', 'off'"),

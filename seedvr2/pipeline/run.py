@@ -27,6 +27,7 @@ from ..color import color_correct
 from ..placement import ModulePlacement, Placement
 from ..preprocess import FrameGeometry, padded_frame_count, to_model_range, to_unit_range
 from ..vae.model import DEFAULT_CHUNK_FRAMES, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, LATENT_SCALE
+from .fit import MemoryFit, RunFit
 from .noise import NoiseSource, SeededNoise
 from .memory import check_host_memory, host_memory_needed
 from .output import OUTPUT_DTYPES, FrameSink, TensorSink, to_output
@@ -47,16 +48,17 @@ InterruptFn = Callable[[], None]
 class VAETiling:
     """How the VAE splits its work (see `seedvr2.vae.model`).
 
-    tile_size/tile_overlap: spatial tiles in pixels (None = whole frames). Tiling bounds VRAM to
-        about one tile's activations; it is not bit-exact (each tile normalises its own pixels),
-        the overlaps are blended.
+    tile_size/tile_overlap: spatial tiles in pixels (None = whole frames; "auto" = the run's
+        memory plan picks it, see `pipeline.fit`). Tiling bounds VRAM to about one tile's
+        activations; it is not bit-exact (each tile normalises its own pixels), the overlaps are
+        blended.
     chunk_frames: frames per causal temporal chunk (multiple of 4; None = whole batch). Exact.
 
     With tiling on, the VAE's input and output canvases stay in host memory and tiles move to
     the device one at a time; without it they are built on the device.
     """
 
-    tile_size: int | None = DEFAULT_TILE_SIZE
+    tile_size: int | str | None = DEFAULT_TILE_SIZE
     tile_overlap: int = DEFAULT_TILE_OVERLAP
     chunk_frames: int | None = DEFAULT_CHUNK_FRAMES
 
@@ -75,6 +77,8 @@ class UpscaleModels:
     dit_placement/vae_placement: load()/offload() the model's weights; default: move the whole
         module between `device` and the CPU (`ModulePlacement`).
     vae_tiling: spatial tiles and temporal chunks of the VAE (memory vs. exactness).
+    memory: how the run fits the device ("auto" block swap and VAE tiles, out-of-memory
+        fallback; `pipeline.fit.MemoryFit`); None = defaults.
 
     The DiT gets float32 inputs and computes in its own `compute_dtype`; the VAE computes in the
     dtype of its weights and gets its input in that dtype.
@@ -87,6 +91,7 @@ class UpscaleModels:
     dit_placement: Placement | None = None
     vae_placement: Placement | None = None
     vae_tiling: VAETiling = field(default_factory=lambda: VAETiling())
+    memory: MemoryFit | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,12 @@ class _Run:
     device: torch.device
     noise: NoiseSource
     check_interrupt: InterruptFn
-    vae_tiling: VAETiling
+    fit: RunFit
+
+    @property
+    def vae_tiling(self) -> VAETiling:
+        """The current tiling: the plan's, or smaller after an out-of-memory fallback."""
+        return self.fit.vae_tiling
 
     @property
     def vae_io_device(self) -> torch.device:
@@ -148,6 +158,10 @@ def upscale(
     geometry = validate_upscale_inputs(frames, settings)
     device = torch.device(models.device)
     _check_pos_emb(models.pos_emb, models.dit)
+    dit_place = models.dit_placement or ModulePlacement(models.dit, device)
+    vae_place = models.vae_placement or ModulePlacement(models.vae, device)
+    fit = RunFit.start(models.dit, models.vae, models.vae_tiling, dit_place, tuple(frames.shape), geometry.canvas_hw,
+                       settings, device, models.memory)
     num_frames, _, _, channels = frames.shape
     _check_sink(sink, num_frames, geometry, channels)
     vae_dtype = module_dtype(models.vae)
@@ -155,7 +169,7 @@ def upscale(
         num_frames, channels, geometry, settings,
         output_dtype=output_dtype if sink is None else None,
         vae_itemsize=torch.empty((), dtype=vae_dtype).element_size(),
-        canvas_on_host=models.vae_tiling.tile_size is not None or device.type == "cpu")
+        canvas_on_host=fit.vae_tiling.tile_size is not None or device.type == "cpu")
     check_host_memory(estimate, geometry, settings, num_frames)  # before the first large allocation
     if sink is None:
         out = TensorSink(num_frames, *geometry.output_hw, channels, output_dtype)
@@ -169,21 +183,20 @@ def upscale(
         device=device,
         noise=noise if noise is not None else SeededNoise(settings.seed),
         check_interrupt=check_interrupt or (lambda: None),
-        vae_tiling=models.vae_tiling,
+        fit=fit,
     )
     report = progress or (lambda phase, done, total: None)
-    dit_place = models.dit_placement or ModulePlacement(models.dit, device)
-    vae_place = models.vae_placement or ModulePlacement(models.vae, device)
     log.info("SeedVR2: %d frames %s -> %s (canvas %s), %d batch(es)", num_frames, wxh(geometry.input_hw),
              wxh(geometry.output_hw), wxh(geometry.canvas_hw), len(run.batches))
 
     with torch.no_grad():
         with _loaded(vae_place):
-            latents = [_encode(run, models.vae, vae_dtype, b) for b in _each(run, "encode", report)]
+            latents = [fit.retry("encode", lambda b=b: _encode(run, models.vae, vae_dtype, b))
+                       for b in _each(run, "encode", report)]
         with _loaded(dit_place), _interrupt_per_block(models.dit, run.check_interrupt):
             pos_emb = models.pos_emb.to(device, torch.float32)
             for b in _each(run, "dit", report):
-                latents[b.index] = _denoise(run, models.dit, pos_emb, b, latents[b.index])
+                latents[b.index] = fit.retry("dit", lambda b=b: _denoise(run, models.dit, pos_emb, b, latents[b.index]))
         with _loaded(vae_place):
             crossfade = Crossfade(hold_device="cpu")
             for b in _each(run, "decode", report):
@@ -356,7 +369,8 @@ def _decode(run: _Run, vae: nn.Module, dtype: torch.dtype, batch: Batch, x0: tor
             crossfade: Crossfade, sink: FrameSink) -> None:
     """x0 latent -> colour-corrected output frames of this batch, crossfaded into the sink."""
     z = (x0 / LATENT_SCALE).permute(3, 0, 1, 2)[None].to(run.vae_io_device, dtype)  # (1, 16, t, h, w)
-    decoded = vae.decode(z, **run.vae_tiling.kwargs(), on_tile=run.on_tile)[0]     # (3, T4, Hc, Wc)
+    decoded = run.fit.retry("decode", lambda: vae.decode(z, **run.vae_tiling.kwargs(), on_tile=run.on_tile))[0]
+    # (3, T4, Hc, Wc); a retry (out of memory) has pushed nothing into the crossfade yet
     geo = run.geometry
     next_overlap = run.batches[batch.index + 1].overlap if batch.index + 1 < len(run.batches) else 0
     crossfade.start_batch(batch, hold=next_overlap)
