@@ -21,6 +21,8 @@ from collections.abc import Mapping
 import torch
 
 from ..checkpoint import CheckpointError, load_into, read_header, read_state_dict
+from ..quant.linear import swap_in_quant_linears
+from ..quant.plan import plan_quantized_layers
 from .config import DiTConfig
 from .model import NaDiT, default_compute_dtype
 from .rope import RopeFreqs, rope_freqs
@@ -49,13 +51,19 @@ def load_dit(path: str | os.PathLike, *, device: torch.device | str = "cpu", dty
         raise ValueError(f"load_dit: dtype must be one of {_STORAGE_DTYPES} or None (keep the file's), got {dtype}")
     header, metadata = read_header(path)
     rename = _dit_key_names(header, metadata, path)
+    plan = plan_quantized_layers(path, header, metadata, rename)
     shapes = {rename[name]: shape for name, (_, shape) in header.items() if name in rename}
+    shapes.update(plan.logical_shapes)
     config = detect_dit_config(shapes, source=str(path))
     with torch.device("meta"):
         model = NaDiT(config, attention=attention)
+    try:
+        swap_in_quant_linears(model, plan.schemes)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: {exc.args[0]}") from None
     state = read_state_dict(path, keys=rename.keys(), rename=rename)
     what = f"SeedVR2 DiT ({config.dim}-dim, {config.num_layers} blocks) from '{path}'"
-    load_into(model, state, what=what, dtype=dtype)
+    load_into(model, state, what=what, dtype=dtype, keep_dtype=plan.keeps_dtype)
     del state
     _reset_rope_freqs(model, config, what)
     model.requires_grad_(False).eval()
@@ -71,10 +79,6 @@ def _dit_key_names(header: Mapping, metadata: Mapping[str, str], path) -> dict[s
     if names and all(n.startswith(("encoder.", "decoder.")) for n in names):
         raise CheckpointError(f"{path}: this is a SeedVR2 video VAE checkpoint (only encoder./decoder. keys), "
                               "not a DiT. Select it as the VAE and pick a seedvr2_ema_3b/7b DiT file here.")
-    quantized = [n for n in names if n.endswith(".comfy_quant")] or (["scaled_fp8"] if "scaled_fp8" in header else [])
-    if quantized or "_quantization_metadata" in metadata:
-        raise CheckpointError(f"{path}: ComfyUI quantized layout (int8/mxfp8/nvfp4/scaled fp8, e.g. {quantized[:1]}) "
-                              "is not supported; use the fp16 or plain fp8_e4m3fn file of the same model.")
     prefixed = [n for n in names if n.startswith(_PREFIX)]
     if prefixed:
         # ComfyUI-saved file: the DiT lives under the prefix; other parts (vae.*, ...) are not ours.
