@@ -68,9 +68,9 @@ def plan_quantized_layers(path: str | os.PathLike, header: Mapping[str, tuple[to
                                   "weights can be quantized")
         out_f, in_f = shape[0], shape[1] * (2 if marker.get("format") == "nvfp4" else 1)
         try:
-            plan.schemes[layer] = scheme_from_marker(marker, f"{path}: {file_layer}", entries, out_f, in_f)
+            plan.schemes[layer] = scheme_from_marker(marker, file_layer, entries, out_f, in_f)
         except ValueError as exc:
-            raise CheckpointError(str(exc)) from None
+            raise CheckpointError(f"{path}: {exc}") from None
         plan.logical_shapes[layer + ".weight"] = (out_f, in_f)
     return plan
 
