@@ -89,3 +89,24 @@ def test_cli_dispatches_convert(golden_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "seedvr2", "convert", str(dst), str(dst), "--to", "f16"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "already exists" in bad.stderr
+
+
+@pytest.mark.parametrize("to,ext", [("q8_0", ".gguf"), ("fp8", ".safetensors")])
+def test_a_failure_mid_write_leaves_no_partial_and_keeps_the_old_file(golden_dir, tmp_path, monkeypatch, to, ext):
+    import seedvr2.convert as conv
+
+    real = conv._float_tensors
+
+    def failing(*args):
+        for i, item in enumerate(real(*args)):
+            if i == 3:
+                raise OSError("No space left on device")
+            yield item
+
+    monkeypatch.setattr(conv, "_float_tensors", failing)
+    dst = tmp_path / f"old{ext}"
+    dst.write_bytes(b"the user's previous file")
+    with pytest.raises(OSError, match="No space left"):
+        convert(golden_dir / "dit7b_tiny_weights.safetensors", dst, to, force=True)
+    assert dst.read_bytes() == b"the user's previous file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [dst.name]
