@@ -193,3 +193,33 @@ def test_a_quantized_non_linear_tensor_is_refused(golden7b, tmp_path):
     _write_gguf(path, {"x.weight": torch.zeros(4, 32), **weights}, {"x.weight": "Q8_0"})
     with pytest.raises(CheckpointError, match="odd.gguf"):
         load_dit(path)
+
+
+def test_orig_shape_metadata_and_any_architecture_are_accepted(golden7b, tmp_path):
+    """city96-style files: `comfy.gguf.orig_shape.<name>` restores a tensor stored flat; any arch name."""
+    weights = load_file(golden7b[0])
+    path = tmp_path / "flat.gguf"
+    writer = gguf.GGUFWriter(path, "not-seedvr")
+    flat = "vid_in.proj.weight"
+    for name, t in weights.items():
+        data = t.to(torch.float16).numpy()
+        if name == flat:
+            data = data.reshape(-1)
+            writer.add_array(f"comfy.gguf.orig_shape.{name}", list(t.shape))
+        writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    model = load_dit(path, compute_dtype=torch.float32)
+    assert torch.equal(model.vid_in.proj.weight, weights[flat].to(torch.float16))
+
+
+def test_the_pack_imports_and_loads_safetensors_without_gguf(golden7b):
+    code = ("import sys; sys.modules['gguf'] = None; import seedvr2, seedvr2.quant, seedvr2.convert; "
+            "from seedvr2.dit import load_dit; "
+            f"load_dit({str(golden7b[0])!r}); print('ok')")
+    import subprocess
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(__import__('pathlib').Path(__file__).resolve().parents[1]))
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
