@@ -24,11 +24,13 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkpoint import CheckpointError, read_header, read_state_dict
+from .quant.plan import QuantPlan, plan_quantized_layers
 
 __all__ = ["main", "convert", "TARGETS"]
 
@@ -59,39 +61,42 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, force: b
         raise ConvertError(f"{dst} already exists; pass --force to replace it")
     if dst.exists() and dst.resolve() == src.resolve():
         raise ConvertError(f"{dst}: the output cannot be the input file")
-    names, shapes = _dit_names(src)
-    plan = [(model_key, file_key, _target(model_key, shapes[model_key], to, out_kind)) for model_key, file_key in names]
+    source = _read_source(src)
+    plan = [(key, file_key, _target(key, source.shapes[key], to, out_kind)) for key, file_key in source.names]
     dst.parent.mkdir(parents=True, exist_ok=True)
     if out_kind == ".gguf":
-        _write_gguf(src, dst, plan, shapes)
+        _write_gguf(source, dst, plan)
     else:
-        _write_safetensors(src, dst, plan, shapes)
+        _write_safetensors(source, dst, plan)
     counts: dict[str, int] = {}
     for _, _, target in plan:
         counts[target] = counts.get(target, 0) + 1
     return counts
 
 
-def _dit_names(src: Path) -> tuple[list[tuple[str, str]], dict[str, tuple[int, ...]]]:
-    """[(model key, file key)] of the DiT tensors in ``src`` (quantized layers: their weight only),
-    and model key -> logical shape. Remembers the source's quantization plan for ``_float_tensors``."""
+@dataclass
+class _Source:
+    """The DiT part of an input file: its tensors, their logical shapes, how its quantized layers are stored."""
+
+    path: Path
+    names: list[tuple[str, str]]          # (model key, file key); quantized layers: their weight only
+    shapes: dict[str, tuple[int, ...]]    # model key -> logical shape
+    quant: QuantPlan
+    file_key_of: dict[str, str]           # model key -> file key (scales included)
+
+
+def _read_source(src: Path) -> _Source:
     from .dit.loading import _dit_key_names, detect_dit_config
-    from .quant.plan import plan_quantized_layers
 
     header, metadata = read_header(src)
     rename = _dit_key_names(header, metadata, src)
-    plan = plan_quantized_layers(src, header, metadata, rename)
+    quant = plan_quantized_layers(src, header, metadata, rename)
     shapes = {rename[n]: tuple(header[n][1]) for n in rename}
-    shapes.update(plan.logical_shapes)
+    shapes.update(quant.logical_shapes)
     detect_dit_config(shapes, source=str(src))  # refuses what is not a SeedVR2 DiT
-    _SOURCES[str(src)] = (plan, {m: f for f, m in rename.items()})
-    names = [(m, f) for f, m in rename.items()
-             if not (m.rpartition(".")[0] in plan.schemes and m.rpartition(".")[2] != "weight" and not m.endswith(".bias"))]
-    names.sort(key=lambda p: p[0])
-    return names, shapes
-
-
-_SOURCES: dict[str, tuple] = {}  # source path -> (QuantPlan, model key -> file key), set by _dit_names
+    stored_only = {m for m in rename.values() if quant.keeps_dtype(m) and not m.endswith(".weight")}
+    names = sorted((m, f) for f, m in rename.items() if m not in stored_only)
+    return _Source(src, names, shapes, quant, {m: f for f, m in rename.items()})
 
 
 def _target(key: str, shape: tuple[int, ...], to: str, out_kind: str) -> str:
@@ -107,39 +112,37 @@ def _target(key: str, shape: tuple[int, ...], to: str, out_kind: str) -> str:
     return "F16"
 
 
-def _float_tensors(src: Path, plan: list[tuple[str, str, str]], shapes) -> Iterator[tuple[str, str, torch.Tensor]]:
+def _float_tensors(source: _Source, plan: list[tuple[str, str, str]]) -> Iterator[tuple[str, str, torch.Tensor]]:
     """(model key, target, float32 tensor) in plan order, one tensor in memory at a time; quantized
     source layers are expanded with their scheme."""
-    qplan, file_key_of = _SOURCES[str(src)]
     for model_key, file_key, target in plan:
         if target == "skip":
             continue
         layer = model_key.rpartition(".")[0]
-        if model_key.endswith(".weight") and layer in qplan.schemes:
-            scheme = qplan.schemes[layer]
-            out_f, in_f = shapes[model_key]
-            stored_names = list(scheme.tensors(out_f, in_f))
-            keys = {n: file_key_of[f"{layer}.{n}"] for n in stored_names}
-            raw = read_state_dict(src, keys=list(keys.values()))
+        if model_key.endswith(".weight") and layer in source.quant.schemes:
+            scheme = source.quant.schemes[layer]
+            out_f, in_f = source.shapes[model_key]
+            keys = {n: source.file_key_of[f"{layer}.{n}"] for n in scheme.tensors(out_f, in_f)}
+            raw = read_state_dict(source.path, keys=list(keys.values()))
             stored = {n: raw[k] for n, k in keys.items()}
             yield model_key, target, scheme.dequantize(stored, out_f, in_f).to(torch.float32)
             continue
-        tensor = read_state_dict(src, keys=[file_key])[file_key]
+        tensor = read_state_dict(source.path, keys=[file_key])[file_key]
         yield model_key, target, tensor.to(torch.float32)
 
 
-def _write_gguf(src: Path, dst: Path, plan, shapes) -> None:
+def _write_gguf(source: _Source, dst: Path, plan) -> None:
     from .quant.ggml import GGML_TYPES
     from .quant.gguf_file import GGUFOut, require_gguf
 
     gguf = require_gguf()
     out = GGUFOut(dst)
     try:
-        out.add_metadata("general.name", Path(src).stem)
+        out.add_metadata("general.name", source.path.stem)
         for key, _, target in plan:
             if target != "skip":
-                out.add(key, shapes[key], GGML_TYPES[target])
-        for key, target, tensor in _float_tensors(src, plan, shapes):
+                out.add(key, source.shapes[key], GGML_TYPES[target])
+        for key, target, tensor in _float_tensors(source, plan):
             if target == "Q8_0":
                 data = torch.from_numpy(gguf.quantize(tensor.numpy(), gguf.GGMLQuantizationType.Q8_0))
             elif target == "BF16":
@@ -153,11 +156,11 @@ def _write_gguf(src: Path, dst: Path, plan, shapes) -> None:
         raise
 
 
-def _write_safetensors(src: Path, dst: Path, plan, shapes) -> None:
+def _write_safetensors(source: _Source, dst: Path, plan) -> None:
     """Streamed safetensors: header computed from the plan, then each tensor's bytes in order."""
     entries: list[tuple[str, str, tuple[int, ...], int]] = []  # name, dtype name, shape, nbytes
     for key, _, target in plan:
-        shape = shapes[key]
+        shape = source.shapes[key]
         numel = 1
         for d in shape:
             numel *= d
@@ -181,7 +184,7 @@ def _write_safetensors(src: Path, dst: Path, plan, shapes) -> None:
         with open(partial, "wb") as f:
             f.write(len(blob).to_bytes(8, "little"))
             f.write(blob)
-            for key, target, tensor in _float_tensors(src, plan, shapes):
+            for key, target, tensor in _float_tensors(source, plan):
                 if target == "FP8":
                     amax = tensor.abs().max().clamp_min(1e-12)
                     scale = (amax / _FP8_MAX).to(torch.float32)

@@ -39,9 +39,15 @@ def _f16(b: torch.Tensor) -> torch.Tensor:
     return b.contiguous().view(torch.float16).to(torch.float32)
 
 
+_SHIFTS: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+
+
 def _bits(b: torch.Tensor, shifts: list[int], mask: int) -> torch.Tensor:
     """``(b[..., None, :] >> shift) & mask`` for each shift, stacked on a new axis -2 (uint8)."""
-    s = torch.tensor(shifts, dtype=torch.uint8, device=b.device).view(len(shifts), 1)
+    key = (tuple(shifts), b.device)
+    s = _SHIFTS.get(key)
+    if s is None:  # made once per device: no host-to-device copy inside a forward
+        s = _SHIFTS[key] = torch.tensor(shifts, dtype=torch.uint8, device=b.device).view(len(shifts), 1)
     return (b.unsqueeze(-2) >> s) & mask
 
 
