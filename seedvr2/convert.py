@@ -114,7 +114,17 @@ def _target(key: str, shape: tuple[int, ...], to: str, out_kind: str) -> str:
 
 def _float_tensors(source: _Source, plan: list[tuple[str, str, str]]) -> Iterator[tuple[str, str, torch.Tensor]]:
     """(model key, target, float32 tensor) in plan order, one tensor in memory at a time; quantized
-    source layers are expanded with their scheme."""
+    source layers are expanded with their scheme.
+
+    ``.gguf`` and ``.pth`` inputs are memory-mapped, so they are opened once (nothing is read until
+    used); ``.safetensors`` tensors are read one by one."""
+    mapped = None
+    if source.path.suffix.lower() not in (".safetensors", ".sft"):
+        mapped = read_state_dict(source.path, keys=set(source.file_key_of.values()))
+
+    def read(keys: list[str]) -> dict[str, torch.Tensor]:
+        return {k: mapped[k] for k in keys} if mapped is not None else read_state_dict(source.path, keys=keys)
+
     for model_key, file_key, target in plan:
         if target == "skip":
             continue
@@ -123,12 +133,11 @@ def _float_tensors(source: _Source, plan: list[tuple[str, str, str]]) -> Iterato
             scheme = source.quant.schemes[layer]
             out_f, in_f = source.shapes[model_key]
             keys = {n: source.file_key_of[f"{layer}.{n}"] for n in scheme.tensors(out_f, in_f)}
-            raw = read_state_dict(source.path, keys=list(keys.values()))
+            raw = read(list(keys.values()))
             stored = {n: raw[k] for n, k in keys.items()}
             yield model_key, target, scheme.dequantize(stored, out_f, in_f).to(torch.float32)
             continue
-        tensor = read_state_dict(source.path, keys=[file_key])[file_key]
-        yield model_key, target, tensor.to(torch.float32)
+        yield model_key, target, read([file_key])[file_key].to(torch.float32)
 
 
 def _write_gguf(source: _Source, dst: Path, plan) -> None:

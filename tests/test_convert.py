@@ -86,9 +86,14 @@ def test_cli_dispatches_convert(golden_dir, tmp_path):
                           str(dst), "--to", "q8_0"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "Q8_0" in run.stdout and dst.is_file()
-    bad = subprocess.run([sys.executable, "-m", "seedvr2", "convert", str(dst), str(dst), "--to", "f16"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "already exists" in bad.stderr
+
+
+
+def test_main_reports_errors_with_exit_code_2(golden_dir, tmp_path, capsys):
+    dst = tmp_path / "taken.gguf"
+    dst.write_bytes(b"x")
+    assert main([str(golden_dir / "dit3b_tiny_weights.safetensors"), str(dst), "--to", "f16"]) == 2
+    assert "already exists" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("to,ext", [("q8_0", ".gguf"), ("fp8", ".safetensors")])

@@ -3,8 +3,11 @@
 Accepted layouts (shared/guides/checkpoints.md sections 0, 1, 4, 5): the official flat key set in
 ``.pth`` (ByteDance, fp32) or ``.safetensors`` (numz/AInVFX fp16, fp8_e4m3fn, mixed fp8 + fp16;
 Comfy-Org fp16/fp8), also under a ``model.diffusion_model.`` prefix (ComfyUI saves; an embedded
-``vae.*`` part is ignored). Comfy-Org's embedded ``positive_conditioning`` / ``negative_conditioning``
-tensors are not DiT weights and are skipped. The variant (3B-type or 7B-type, width, block count) is
+``vae.*`` part is ignored), and ``.gguf`` (optional ``gguf`` extra). Comfy-Org's embedded
+``positive_conditioning`` / ``negative_conditioning`` tensors are not DiT weights and are skipped.
+Quantized layers (GGUF Q-types, ComfyUI scaled fp8 / int8 ConvRot / mxfp8 / nvfp4) become
+``seedvr2.quant.QuantLinear`` modules holding the compressed bytes under the file's own names
+(``seedvr2.quant.plan`` decides which, from the header); they expand their weight per call. The variant (3B-type or 7B-type, width, block count) is
 read from the key names and shapes, never from the file name.
 
 Memory: the model is built on the meta device and the file's tensors are assigned to it, so peak
