@@ -223,3 +223,11 @@ def test_the_pack_imports_and_loads_safetensors_without_gguf(golden7b):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=str(__import__('pathlib').Path(__file__).resolve().parents[1]))
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+def test_model_folder_recognises_a_gguf_dit(q8_file):
+    from seedvr2.models import inspect_checkpoint
+
+    layout = inspect_checkpoint(q8_file)
+    assert (layout.kind, layout.layout, layout.family, layout.num_blocks) == ("dit", "gguf", "7b", 4)
+    assert torch.uint8 in layout.dtypes
