@@ -231,3 +231,16 @@ def test_model_folder_recognises_a_gguf_dit(q8_file):
     layout = inspect_checkpoint(q8_file)
     assert (layout.kind, layout.layout, layout.family, layout.num_blocks) == ("dit", "gguf", "7b", 4)
     assert torch.uint8 in layout.dtypes
+
+
+def test_an_unsupported_ggml_type_is_named(tmp_path):
+    path = tmp_path / "int.gguf"
+    writer = gguf.GGUFWriter(path, "seedvr")
+    writer.add_tensor("vid_in.proj.weight", np.zeros((4, 8), dtype=np.int8))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError, match=r"int.gguf: tensor #1 of 1 has GGML type I8, which this loader does not "
+                                              r"support \(supported: F32, F16, Q4_0"):
+        load_dit(path)

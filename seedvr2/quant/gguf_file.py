@@ -97,32 +97,34 @@ def read_gguf_header(path: str | os.PathLike) -> tuple[dict[str, GGUFTensorInfo]
             except Exception:  # noqa: BLE001 - a value we cannot decode is not one we use
                 continue
         infos: dict[str, GGUFTensorInfo] = {}
-        for t in reader.tensors:
+        for index, t in enumerate(reader.tensors):
+            # Messages say "tensor #i", never the name: the file may be anything (not ours) at this point.
+            which = f"tensor #{index + 1} of {len(reader.tensors)}"
             qtype = BY_ID.get(int(t.tensor_type))
             if qtype is None:
                 supported = ", ".join(GGML_TYPES)
-                raise ValueError(f"{path}: tensor {t.name!r} has GGML type {t.tensor_type.name}, which this loader "
+                raise ValueError(f"{path}: {which} has GGML type {t.tensor_type.name}, which this loader "
                                  f"does not support (supported: {supported})")
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
             override = metadata.get(ORIG_SHAPE_KEY + t.name)
             if override is not None:
                 orig = tuple(int(d) for d in override)
                 if int(np.prod(orig)) != int(np.prod(shape)):
-                    raise ValueError(f"{path}: tensor {t.name!r}: {ORIG_SHAPE_KEY}{t.name} = {list(orig)} does not hold "
+                    raise ValueError(f"{path}: {which}: its {ORIG_SHAPE_KEY}* shape {list(orig)} does not hold "
                                      f"the {int(np.prod(shape))} stored values; the file is damaged")
                 if qtype.quantized and orig[-1] != shape[-1]:
-                    raise ValueError(f"{path}: tensor {t.name!r}: a quantized tensor's rows cannot be reshaped "
+                    raise ValueError(f"{path}: {which}: a quantized tensor's rows cannot be reshaped "
                                      f"({list(shape)} -> {list(orig)})")
                 shape = orig
             try:
                 expected = (int(np.prod(shape[:-1])) if len(shape) > 1 else 1) * row_bytes(qtype, shape[-1] if shape else 1)
             except ValueError as exc:
-                raise ValueError(f"{path}: tensor {t.name!r} {list(shape)}: {exc}") from None
+                raise ValueError(f"{path}: {which} {list(shape)}: {exc}") from None
             if expected != int(t.n_bytes):
-                raise ValueError(f"{path}: tensor {t.name!r} ({qtype.name}, {list(shape)}) should take {expected} bytes, "
+                raise ValueError(f"{path}: {which} ({qtype.name}, {list(shape)}) should take {expected} bytes, "
                                  f"the file says {int(t.n_bytes)}; the file is damaged")
             if int(t.data_offset) + expected > size:
-                raise ValueError(f"{path}: tensor {t.name!r} ends past the end of the file ({size} bytes): the file is "
+                raise ValueError(f"{path}: {which} ends past the end of the file ({size} bytes): the file is "
                                  "truncated (interrupted download?); download it again")
             infos[t.name] = GGUFTensorInfo(t.name, shape, qtype, int(t.data_offset), expected)
     finally:
