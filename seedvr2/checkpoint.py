@@ -324,7 +324,11 @@ def _is_gguf(path: Path) -> bool:
 
 def _gguf_header(path: Path):
     """``read_gguf_header`` with its errors turned into ``CheckpointError`` (missing extra included)."""
-    from .quant.gguf_file import GGUFMissingError, read_gguf_header
+    try:
+        from .quant.gguf_file import GGUFMissingError, read_gguf_header
+    except ImportError as exc:  # numpy (which the gguf package brings) is missing
+        from .quant import GGUF_EXTRA_HINT
+        raise CheckpointError(f"{path}: {GGUF_EXTRA_HINT} ({exc})") from None
     try:
         return read_gguf_header(path)
     except GGUFMissingError as exc:

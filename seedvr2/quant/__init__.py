@@ -9,7 +9,10 @@
 
 Nothing here imports ``gguf`` or ``comfy_kitchen`` at import time.
 """
-from .ggml import GGML_TYPES, GGMLType, dequantize
-from .linear import GGMLScheme, QuantLinear, QuantScheme, swap_in_quant_linears
+GGUF_EXTRA_HINT = ("reading and writing .gguf files needs the optional 'gguf' package: "
+                   "pip install 'seedvr2-blockswap[gguf]' (or: pip install gguf)")
 
-__all__ = ["GGML_TYPES", "GGMLType", "dequantize", "GGMLScheme", "QuantLinear", "QuantScheme", "swap_in_quant_linears"]
+from .ggml import GGML_TYPES  # noqa: E402, GGMLType, dequantize
+from .linear import GGMLScheme  # noqa: E402, QuantLinear, QuantScheme, swap_in_quant_linears
+
+__all__ = ["GGUF_EXTRA_HINT", "GGML_TYPES", "GGMLType", "dequantize", "GGMLScheme", "QuantLinear", "QuantScheme", "swap_in_quant_linears"]

@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import GGUF_EXTRA_HINT as EXTRA_HINT
 from .ggml import BY_ID, GGML_TYPES, GGMLType, row_bytes
 
 __all__ = ["GGUFTensorInfo", "require_gguf", "read_gguf_header", "read_gguf_tensors", "GGUFOut", "ORIG_SHAPE_KEY"]
 
 ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."
-EXTRA_HINT = ("reading and writing .gguf files needs the optional 'gguf' package: "
-              "pip install 'seedvr2-blockswap[gguf]' (or: pip install gguf)")
 
 
 class GGUFMissingError(ImportError):
