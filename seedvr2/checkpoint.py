@@ -28,7 +28,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "read_header", "read_state_dict", "load_into", "SAFETENSORS_DTYPES"]
+__all__ = ["CheckpointError", "read_header", "read_state_dict", "load_into", "SAFETENSORS_DTYPES",
+           "GGUF_FORMAT_KEY", "GGUF_TYPE_KEY"]
+
+GGUF_FORMAT_KEY = "seedvr2.format"
+GGUF_TYPE_KEY = "seedvr2.gguf_type."
 
 # safetensors dtype names (https://github.com/huggingface/safetensors, format spec) -> torch dtypes.
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -63,12 +67,21 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple[torch.dtype, t
     """Return ``({name: (dtype, shape)}, metadata)`` of a ``.safetensors`` or ``.pth`` checkpoint.
 
     For safetensors only the JSON header is read. A ``.pth`` is opened memory-mapped (no tensor data
-    is read) and has no metadata (``{}``).
+    is read) and has no metadata (``{}``). A ``.gguf`` (optional ``gguf`` extra) reports logical
+    PyTorch-order shapes, dtype uint8 for quantized tensors, ``metadata[GGUF_FORMAT_KEY] == "gguf"``,
+    the file's scalar metadata, and ``metadata[GGUF_TYPE_KEY + name]`` = the GGML type name
+    (``"Q4_K"``, ...) of each quantized tensor.
     """
     path = _existing_file(path)
     if _is_safetensors(path):
         entries, metadata, _ = _safetensors_header(path)
         return {name: (dtype, shape) for name, (dtype, shape, _, _) in entries.items()}, metadata
+    if _is_gguf(path):
+        infos, gguf_meta = _gguf_header(path)
+        metadata = {GGUF_FORMAT_KEY: "gguf"}
+        metadata.update({k: str(v) for k, v in gguf_meta.items() if isinstance(v, (str, int, float))})
+        metadata.update({GGUF_TYPE_KEY + n: i.qtype.name for n, i in infos.items() if i.qtype.quantized})
+        return {name: (info.torch_dtype, info.shape) for name, info in infos.items()}, metadata
     state = _load_pth(path)
     return {name: (t.dtype, tuple(t.shape)) for name, t in state.items()}, {}
 
@@ -134,7 +147,9 @@ def read_state_dict(path: str | os.PathLike, keys: KeyFilter = None, rename: Ren
     refused.
 
     Memory: safetensors data is read straight into one preallocated tensor per entry, in file order,
-    so peak RAM is the size of the selected tensors. ``.pth`` tensors are memory-mapped.
+    so peak RAM is the size of the selected tensors. ``.pth`` tensors are memory-mapped. ``.gguf``
+    tensors are memory-mapped one by one (copy-on-write); quantized ones are returned as their raw
+    bytes, uint8 ``[rows..., row_bytes]`` (see ``seedvr2.quant.gguf_file``).
     """
     path = _existing_file(path)
     selected = _key_predicate(keys)
@@ -149,6 +164,13 @@ def read_state_dict(path: str | os.PathLike, keys: KeyFilter = None, rename: Ren
                 dtype, shape, begin, end = entries[name]
                 result[out_names[name]] = _read_tensor(f, path, name, dtype, shape, begin, end)
         return {out_names[n]: result[out_names[n]] for n in sorted(names)}
+    if _is_gguf(path):
+        infos, _ = _gguf_header(path)
+        names = [n for n in infos if selected(n)]
+        out_names = _renamed(names, rename, path)
+        from .quant.gguf_file import read_gguf_tensors
+        tensors = read_gguf_tensors(path, infos, names)
+        return {out_names[n]: tensors[n] for n in sorted(names)}
     state = _load_pth(path)
     names = [n for n in state if selected(n)]
     out_names = _renamed(names, rename, path)
@@ -213,7 +235,7 @@ def _load_pth(path: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------
 
 def load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], *, what: str,
-              dtype: torch.dtype | None = None) -> nn.Module:
+              dtype: torch.dtype | None = None, keep_dtype: Callable[[str], bool] | None = None) -> nn.Module:
     """Strictly load ``state_dict`` into ``module`` (typically built on the meta device), in place.
 
     ``what`` names the model and file for messages, e.g. ``"SeedVR2 DiT from 'x.safetensors'"``.
@@ -221,7 +243,8 @@ def load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], *, what: s
     with counts). With ``dtype``, floating tensors are cast to it as they are assigned, except fp8
     tensors, which keep their dtype (they are upcast per layer at compute time). The tensors are
     assigned, not copied (``assign=True``), so the module ends up holding the state dict's storage;
-    each cast replaces its entry in ``state_dict`` so the original is freed at once.
+    each cast replaces its entry in ``state_dict`` so the original is freed at once. Names for which
+    ``keep_dtype(name)`` is true are never cast (quantization scales must stay float32).
 
     Non-persistent buffers are in no file. After assignment, any module whose own non-persistent
     buffers are still on the meta device must define ``materialize_buffers(device)``, which recreates
@@ -233,6 +256,8 @@ def load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], *, what: s
         raise CheckpointError(f"{what}: the checkpoint does not match the model.\n{problems}")
     if dtype is not None:
         for name, tensor in state_dict.items():
+            if keep_dtype is not None and keep_dtype(name):
+                continue
             if tensor.is_floating_point() and tensor.dtype.itemsize > 1 and tensor.dtype != dtype:
                 state_dict[name] = tensor.to(dtype)
     module.load_state_dict(state_dict, strict=True, assign=True)
@@ -290,10 +315,28 @@ def _existing_file(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix not in (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin"):
-        hint = " GGUF files are not supported; use a .safetensors or .pth file." if suffix == ".gguf" else ""
-        raise CheckpointError(f"{path}: unsupported checkpoint type {suffix!r}; expected .safetensors or .pth.{hint}")
+    if suffix not in (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin", ".gguf"):
+        raise CheckpointError(f"{path}: unsupported checkpoint type {suffix!r}; expected .safetensors, .gguf or .pth.")
     return path
+
+
+def _is_gguf(path: Path) -> bool:
+    return path.suffix.lower() == ".gguf"
+
+
+def _gguf_header(path: Path):
+    """``read_gguf_header`` with its errors turned into ``CheckpointError`` (missing extra included)."""
+    try:
+        from .quant.gguf_file import GGUFMissingError, read_gguf_header
+    except ImportError as exc:  # numpy (which the gguf package brings) is missing
+        from .quant import GGUF_EXTRA_HINT
+        raise CheckpointError(f"{path}: {GGUF_EXTRA_HINT} ({exc})") from None
+    try:
+        return read_gguf_header(path)
+    except GGUFMissingError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -117,8 +117,11 @@ def test_missing_file_and_unsupported_type(tmp_path):
         read_header(tmp_path / "nope.safetensors")
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    with pytest.raises(CheckpointError, match="GGUF files are not supported"):
+    with pytest.raises(CheckpointError, match="m.gguf: not a readable GGUF file"):
         read_header(gguf)
+    with pytest.raises(CheckpointError, match="unsupported checkpoint type '.onnx'"):
+        (tmp_path / "m.onnx").write_bytes(b"x")
+        read_header(tmp_path / "m.onnx")
 
 
 class _Toy(nn.Module):

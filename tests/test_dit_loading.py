@@ -141,10 +141,10 @@ def test_vae_file_is_refused_as_dit(golden_dir):
         load_dit(golden_dir / "vae_tiny_weights.safetensors")
 
 
-def test_comfyui_quantized_file_is_refused(tmp_path, weights):
+def test_unknown_comfyui_quant_format_is_refused(tmp_path, weights):
     tensors = dict(weights)
     tensors["blocks.0.mlp.vid.proj_in.comfy_quant"] = torch.tensor(list(b'{"format": "int8"}'), dtype=torch.uint8)
-    with pytest.raises(CheckpointError, match="ComfyUI quantized layout"):
+    with pytest.raises(CheckpointError, match="blocks.0.mlp.vid.proj_in: quantization format 'int8' is not supported"):
         load_dit(_save(tmp_path, "q.safetensors", tensors))
 
 

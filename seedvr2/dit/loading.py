@@ -3,8 +3,11 @@
 Accepted layouts (shared/guides/checkpoints.md sections 0, 1, 4, 5): the official flat key set in
 ``.pth`` (ByteDance, fp32) or ``.safetensors`` (numz/AInVFX fp16, fp8_e4m3fn, mixed fp8 + fp16;
 Comfy-Org fp16/fp8), also under a ``model.diffusion_model.`` prefix (ComfyUI saves; an embedded
-``vae.*`` part is ignored). Comfy-Org's embedded ``positive_conditioning`` / ``negative_conditioning``
-tensors are not DiT weights and are skipped. The variant (3B-type or 7B-type, width, block count) is
+``vae.*`` part is ignored), and ``.gguf`` (optional ``gguf`` extra). Comfy-Org's embedded
+``positive_conditioning`` / ``negative_conditioning`` tensors are not DiT weights and are skipped.
+Quantized layers (GGUF Q-types, ComfyUI scaled fp8 / int8 ConvRot / mxfp8 / nvfp4) become
+``seedvr2.quant.QuantLinear`` modules holding the compressed bytes under the file's own names
+(``seedvr2.quant.plan`` decides which, from the header); they expand their weight per call. The variant (3B-type or 7B-type, width, block count) is
 read from the key names and shapes, never from the file name.
 
 Memory: the model is built on the meta device and the file's tensors are assigned to it, so peak
@@ -21,6 +24,8 @@ from collections.abc import Mapping
 import torch
 
 from ..checkpoint import CheckpointError, load_into, read_header, read_state_dict
+from ..quant.linear import swap_in_quant_linears
+from ..quant.plan import plan_quantized_layers
 from .config import DiTConfig
 from .model import NaDiT, default_compute_dtype
 from .rope import RopeFreqs, rope_freqs
@@ -49,13 +54,19 @@ def load_dit(path: str | os.PathLike, *, device: torch.device | str = "cpu", dty
         raise ValueError(f"load_dit: dtype must be one of {_STORAGE_DTYPES} or None (keep the file's), got {dtype}")
     header, metadata = read_header(path)
     rename = _dit_key_names(header, metadata, path)
+    plan = plan_quantized_layers(path, header, metadata, rename)
     shapes = {rename[name]: shape for name, (_, shape) in header.items() if name in rename}
+    shapes.update(plan.logical_shapes)
     config = detect_dit_config(shapes, source=str(path))
     with torch.device("meta"):
         model = NaDiT(config, attention=attention)
+    try:
+        swap_in_quant_linears(model, plan.schemes)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: {exc.args[0]}") from None
     state = read_state_dict(path, keys=rename.keys(), rename=rename)
     what = f"SeedVR2 DiT ({config.dim}-dim, {config.num_layers} blocks) from '{path}'"
-    load_into(model, state, what=what, dtype=dtype)
+    load_into(model, state, what=what, dtype=dtype, keep_dtype=plan.keeps_dtype)
     del state
     _reset_rope_freqs(model, config, what)
     model.requires_grad_(False).eval()
@@ -71,10 +82,6 @@ def _dit_key_names(header: Mapping, metadata: Mapping[str, str], path) -> dict[s
     if names and all(n.startswith(("encoder.", "decoder.")) for n in names):
         raise CheckpointError(f"{path}: this is a SeedVR2 video VAE checkpoint (only encoder./decoder. keys), "
                               "not a DiT. Select it as the VAE and pick a seedvr2_ema_3b/7b DiT file here.")
-    quantized = [n for n in names if n.endswith(".comfy_quant")] or (["scaled_fp8"] if "scaled_fp8" in header else [])
-    if quantized or "_quantization_metadata" in metadata:
-        raise CheckpointError(f"{path}: ComfyUI quantized layout (int8/mxfp8/nvfp4/scaled fp8, e.g. {quantized[:1]}) "
-                              "is not supported; use the fp16 or plain fp8_e4m3fn file of the same model.")
     prefixed = [n for n in names if n.startswith(_PREFIX)]
     if prefixed:
         # ComfyUI-saved file: the DiT lives under the prefix; other parts (vae.*, ...) are not ours.

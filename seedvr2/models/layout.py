@@ -10,9 +10,12 @@ the memory-mapped pickle (.pth):
 | `comfy-org`       | official keys + `positive_conditioning`/`negative_conditioning` | pop the two conditioning tensors |
 | `comfy-saved`     | keys under `model.diffusion_model.` (+ VAE under `vae.`)        | strip the prefix, split `vae.`   |
 
-Refused with a message naming the file: GGUF, ComfyUI quantized weights (`*.comfy_quant`,
-`*.weight_scale`, `scaled_fp8`, `_quantization_metadata`), any other prefix, and key sets that are
-neither the SeedVR2 DiT nor its VAE (e.g. MLX exports). The model variant comes from the keys
+| `gguf`            | `.gguf` (optional `gguf` extra), official keys                  | none; quantized per layer        |
+
+Quantized weights (GGUF types, ComfyUI `*.comfy_quant` / `_quantization_metadata` / `scaled_fp8`)
+are accepted in any of these layouts; `seedvr2.quant.plan` checks them when the DiT is loaded.
+Refused with a message naming the file: any other prefix, and key sets that are neither the SeedVR2
+DiT nor its VAE (e.g. MLX exports). The model variant comes from the keys
 (block count, width, MLP type), never from the file name.
 """
 from __future__ import annotations
@@ -31,10 +34,10 @@ CONDITIONING_KEYS = ("positive_conditioning", "negative_conditioning")
 _DIT_ROOTS = ("vid_in.", "txt_in.", "emb_in.", "blocks.", "vid_out.", "vid_out_norm.", "vid_out_ada.")
 _VAE_ROOTS = ("encoder.", "decoder.")
 _VAE_DECISIVE = "decoder.up_blocks.2.upsamplers.0.upscale_conv.weight"
-_QUANT_MARKERS = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".scale_weight", ".scale_input")
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
-SUPPORTED = ("ByteDance .pth files, numz/AInVFX .safetensors (fp16/bf16/fp32/fp8_e4m3fn), Comfy-Org SeedVR2 "
-             "single files (fp16/fp8_e4m3fn) and ComfyUI-saved checkpoints")
+SUPPORTED = ("ByteDance .pth files, numz/AInVFX .safetensors (fp16/bf16/fp32/fp8_e4m3fn) and .gguf (F16/BF16/Q8_0/"
+             "Q4_0..Q6_K), Comfy-Org SeedVR2 single files (fp16/fp8/int8_convrot/mxfp8/nvfp4) and ComfyUI-saved "
+             "checkpoints")
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class CheckpointLayout:
     """The recognised content of a checkpoint file.
 
     kind: "dit" or "vae" (a ComfyUI all-in-one file is a "dit" with `has_vae`).
-    layout: "bytedance-pth", "plain", "comfy-org" or "comfy-saved".
+    layout: "bytedance-pth", "plain", "gguf", "comfy-org" or "comfy-saved".
     prefix: stripped from the model's keys ("" or "model.diffusion_model.").
     family: DiT only: "3b" (dit_v2 blocks: SwiGLU, shared late blocks) or "7b" (dit blocks).
     num_blocks, dim: DiT only, from the keys; 32/2560 for the 3B, 36/3072 for the 7B.
@@ -98,11 +101,7 @@ class CheckpointLayout:
 def inspect_checkpoint(path: str | os.PathLike) -> CheckpointLayout:
     """Recognise a SeedVR2 checkpoint from its keys; raises CheckpointError if it is not one we load."""
     path = Path(path)
-    if path.suffix.lower() == ".gguf":
-        raise CheckpointError(f"{path}: GGUF checkpoints are not supported. Supported: {SUPPORTED}. For a small 3B "
-                              "use seedvr2_ema_3b_fp8_e4m3fn.safetensors (3.4 GB) with block swap.")
     header, metadata = read_header(path)
-    _refuse_quantized(path, header, metadata)
     names = list(header)
     prefix = DIT_PREFIX if sum(k.startswith(DIT_PREFIX) for k in names) > 5 else ""
     has_vae = any(k.startswith(VAE_PREFIX) for k in names)
@@ -148,19 +147,11 @@ def _layout_name(path: Path, prefix: str, has_vae: bool, pos_key: str | None) ->
         return "comfy-saved"
     if pos_key:
         return "comfy-org"
+    if path.suffix.lower() == ".gguf":
+        return "gguf"
     if path.suffix.lower() in (".safetensors", ".sft"):
         return "plain"
     return "bytedance-pth"
-
-
-def _refuse_quantized(path: Path, header: dict, metadata: dict) -> None:
-    marked = [k for k in header if k.endswith(_QUANT_MARKERS)] + [k for k in header if k.split(".")[-1] == "scaled_fp8"]
-    if marked or "_quantization_metadata" in metadata:
-        example = (f"{len(marked)} key(s) ending in " + "/".join(sorted({"." + k.rsplit(".", 1)[-1] for k in marked}))
-                   if marked else "__metadata__._quantization_metadata")
-        raise CheckpointError(
-            f"{path}: ComfyUI quantized weights (int8/mxfp8/nvfp4/scaled fp8: {example}) are not supported. "
-            f"Supported: {SUPPORTED}. Use the fp16 or plain fp8_e4m3fn file of the same model.")
 
 
 def _is_vae(names: list[str]) -> bool:
