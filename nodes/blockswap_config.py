@@ -1,14 +1,34 @@
 """The "SeedVR2 BlockSwap Config" node: emits a `blockswap.BlockSwapConfig` (as its dict) for
-the DiT loader, which applies it. Validation lives in `BlockSwapConfig`, not here."""
+the DiT loader, which applies it. Validation lives in `BlockSwapConfig`, not here.
+
+`mode` ("auto" by default) lets the run's memory plan pick the swapped blocks (and K) for the
+free VRAM, capped by `vram_budget_gb` (0 = no cap); "manual" uses `blocks_to_swap` as given.
+The two are the LAST inputs: UI-format workflows map widget values by position, so workflows
+saved before they existed still load (their missing trailing values take these defaults)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
 from ..blockswap import BlockSwapConfig
-from ..blockswap.config import MAX_PREFETCH, PIN_MODES, PLACEMENTS
+from ..blockswap.config import MAX_PREFETCH, MAX_VRAM_BUDGET_GIB, PIN_MODES, PLACEMENTS
 from .types import CATEGORY, NODE_PREFIX, BlockSwapConfigType
 
 _DEFAULTS = BlockSwapConfig(blocks_to_swap=16)
+MODES = ("auto", "manual")
+DEFAULT_MODE = "auto"
+
+
+def config_from_inputs(blocks_to_swap: int, swap_io_components: bool, prefetch_blocks: int, pin_memory: str,
+                       placement: str, debug: bool, mode: str = DEFAULT_MODE,
+                       vram_budget_gb: float = 0.0) -> BlockSwapConfig:
+    """The node's widgets -> a validated config: mode "auto" swaps ``"auto"`` blocks (the plan
+    decides), "manual" swaps `blocks_to_swap`; `vram_budget_gb` 0 means no cap (None)."""
+    if mode not in MODES:
+        raise ValueError(f"BlockSwap Config: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return BlockSwapConfig(blocks_to_swap="auto" if mode == "auto" else blocks_to_swap,
+                           swap_io_components=swap_io_components, prefetch_blocks=prefetch_blocks,
+                           pin_memory=pin_memory, placement=placement, debug=debug,
+                           vram_budget=float(vram_budget_gb) if vram_budget_gb else None)
 
 
 class BlockSwapConfigNode(io.ComfyNode):
@@ -26,8 +46,8 @@ class BlockSwapConfigNode(io.ComfyNode):
                 io.Int.Input(
                     "blocks_to_swap", default=_DEFAULTS.blocks_to_swap, min=0, max=36,
                     tooltip=(
-                        "Transformer blocks kept in RAM and streamed in for each use (0 = none, all load to "
-                        "the GPU on first use). 3B has 32 blocks (~6.8 GB fp16), 7B has 36 (~16.5 GB fp16). "
+                        "mode manual only: transformer blocks kept in RAM and streamed in for each use (0 = "
+                        "none, all load to the GPU on first use). 3B has 32 blocks (~6.8 GB fp16), 7B has 36 (~16.5 GB fp16). "
                         "Rough guide for the DiT alone: 3B on 8 GB: 20-32, 12 GB: 8-16, 16 GB+: 0. "
                         "7B on 8-12 GB: 36, 16 GB: 20-28, 24 GB: 8-16. Higher = less VRAM, more PCIe traffic."),
                 ),
@@ -63,6 +83,19 @@ class BlockSwapConfigNode(io.ComfyNode):
                     "debug", default=_DEFAULTS.debug,
                     tooltip="Time transfers and GPU stalls and log a summary after each upscale (slight overhead).",
                 ),
+                io.Combo.Input(
+                    "mode", options=list(MODES), default=DEFAULT_MODE,
+                    tooltip=(
+                        "auto: before each run, plan the swapped blocks and prefetch for the free VRAM (the plan "
+                        "is logged in one line; out-of-memory retries with more swapped). manual: swap exactly "
+                        "blocks_to_swap."),
+                ),
+                io.Float.Input(
+                    "vram_budget_gb", default=0.0, min=0.0, max=MAX_VRAM_BUDGET_GIB, step=0.5,
+                    tooltip=(
+                        "mode auto: the most GPU memory (GiB) the run may use, to leave room for other work. "
+                        "0 = what is free after ComfyUI unloads just enough of its other models."),
+                ),
             ],
             outputs=[BlockSwapConfigType.Output(
                 display_name="block_swap_config",
@@ -71,8 +104,7 @@ class BlockSwapConfigNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, blocks_to_swap: int, swap_io_components: bool, prefetch_blocks: int, pin_memory: str,
-                placement: str, debug: bool) -> io.NodeOutput:
-        config = BlockSwapConfig(blocks_to_swap=blocks_to_swap, swap_io_components=swap_io_components,
-                                 prefetch_blocks=prefetch_blocks, pin_memory=pin_memory, placement=placement,
-                                 debug=debug)
+                placement: str, debug: bool, mode: str = DEFAULT_MODE, vram_budget_gb: float = 0.0) -> io.NodeOutput:
+        config = config_from_inputs(blocks_to_swap, swap_io_components, prefetch_blocks, pin_memory, placement,
+                                    debug, mode, vram_budget_gb)
         return io.NodeOutput(config.to_dict())

@@ -18,6 +18,7 @@ from . import model_folder
 from .types import CATEGORY, NODE_PREFIX, BlockSwapConfigType, DiTType, VAEType
 
 DTYPE_OPTIONS = ["auto", *DTYPES]
+TILE_MODES = ("auto", "manual")
 DTYPE_TOOLTIP = ("Compute precision. auto: bf16 on GPUs that have it (RTX 30xx and newer), fp16 on older GPUs, "
                  "fp32 on CPU. fp8 checkpoints stay fp8 in memory either way and are upcast layer by layer.")
 
@@ -58,6 +59,16 @@ def check_model_file(model: object, kind: str) -> bool | str:
     return True
 
 
+def vae_tiling(tile_mode: str, tile_size: int, tile_overlap: int, chunk_frames: int) -> VAETiling:
+    """The VAE loader's widgets -> `VAETiling`: tile_mode "auto" lets the run's memory plan pick
+    the tile ("auto"), "manual" uses tile_size (0 = whole frames). `tile_mode` is the LAST input
+    so that workflows saved before it existed keep their positional widget values."""
+    if tile_mode not in TILE_MODES:
+        raise ValueError(f"Load VAE: tile_mode must be one of {', '.join(TILE_MODES)}, got {tile_mode!r}")
+    tile = "auto" if tile_mode == "auto" else (tile_size or None)
+    return VAETiling(tile, tile_overlap, chunk_frames or None)
+
+
 class LoadDiTNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -78,8 +89,9 @@ class LoadDiTNode(io.ComfyNode):
                                        "package; the official numerics (bf16 attention)."),
                 BlockSwapConfigType.Input(
                     "block_swap_config", optional=True,
-                    tooltip="From a SeedVR2 BlockSwap Config node, for GPUs smaller than the model. Without it "
-                            "every block moves to the GPU on first use and stays."),
+                    tooltip="From a SeedVR2 BlockSwap Config node, to set how blocks are swapped. Without it, "
+                            "on a GPU the swapped blocks are planned automatically for the free VRAM (as the "
+                            "config's mode auto); on CPU nothing is swapped."),
             ],
             outputs=[DiTType.Output(display_name="dit", tooltip="Connect to SeedVR2 Upscale.")],
         )
@@ -110,7 +122,7 @@ class LoadVAENode(io.ComfyNode):
                 model_input("vae", DEFAULT_VAE, "VAE (ema_vae ...)"),
                 io.Combo.Input("dtype", options=DTYPE_OPTIONS, default="auto", tooltip=DTYPE_TOOLTIP),
                 io.Int.Input("tile_size", default=DEFAULT_TILE_SIZE, min=0, max=4096, step=16,
-                             tooltip="VAE tile size in pixels; 0 = whole frames (fastest, needs ~16 GB per output "
+                             tooltip="tile_mode manual only: VAE tile size in pixels; 0 = whole frames (fastest, needs ~16 GB per output "
                                      "megapixel). 512 keeps decode near 2 GB; lower it on 6-8 GB GPUs."),
                 io.Int.Input("tile_overlap", default=DEFAULT_TILE_OVERLAP, min=0, max=512, step=8,
                              tooltip="Pixels shared and blended between neighbouring tiles; more hides seams better "
@@ -118,6 +130,10 @@ class LoadVAENode(io.ComfyNode):
                 io.Int.Input("chunk_frames", default=DEFAULT_CHUNK_FRAMES, min=0, max=128, step=4,
                              tooltip="Frames per causal VAE chunk (multiple of 4, exact); 0 = the whole batch "
                                      "at once (more memory)."),
+                io.Combo.Input("tile_mode", options=list(TILE_MODES), default="auto",
+                               tooltip="auto: before each run, pick the largest tile (or whole frames) that fits the "
+                                       "free VRAM next to the DiT plan, and retry smaller on out-of-memory. manual: "
+                                       "use tile_size as given."),
             ],
             outputs=[VAEType.Output(display_name="vae", tooltip="Connect to SeedVR2 Upscale.")],
         )
@@ -127,8 +143,9 @@ class LoadVAENode(io.ComfyNode):
         return check_model_file(model, "vae")
 
     @classmethod
-    def execute(cls, model: str, dtype: str, tile_size: int, tile_overlap: int, chunk_frames: int) -> io.NodeOutput:
-        tiling = VAETiling(tile_size or None, tile_overlap, chunk_frames or None)
+    def execute(cls, model: str, dtype: str, tile_size: int, tile_overlap: int, chunk_frames: int,
+                tile_mode: str = "auto") -> io.NodeOutput:
+        tiling = vae_tiling(tile_mode, tile_size, tile_overlap, chunk_frames)
         model = model_folder.confined_model(model, "vae")
         vae = load_vae_model(model, model_folder.download_dir(), device=mm.get_torch_device(), dtype=dtype,
                              tiling=tiling, extra_dirs=model_folder.model_dirs())

@@ -13,11 +13,29 @@ from ..seedvr2.batching import plan_batches
 from ..seedvr2.color import COLOR_CORRECTIONS
 from ..seedvr2.loaders import LoadedDiT, LoadedVAE, upscale_models
 from ..seedvr2.pipeline import UpscaleInputError, UpscaleSettings, upscale, validate_upscale_inputs
+from ..seedvr2.pipeline.fit import MemoryFit
 from ..seedvr2.pipeline.settings import MAX_SEED
 from .types import CATEGORY, NODE_PREFIX, DiTType, VAEType
 
 log = logging.getLogger("seedvr2")
 PHASES = ("encode", "dit", "decode")
+
+
+def make_room(device: torch.device, needed: int) -> int:
+    """`MemoryFit.make_room` for ComfyUI: ask its model manager to unload only as many of its own
+    models as the plan needs (the rest of the graph's models stay loaded when there is room), then
+    report the free bytes."""
+    mm.free_memory(needed, device)
+    mm.soft_empty_cache()
+    return int(mm.get_free_memory(device))
+
+
+def plans_memory(dit: LoadedDiT, vae: LoadedVAE) -> bool:
+    """Whether the run's memory plan sizes it ("auto" blocks or VAE tiles), so `make_room` frees
+    just what it needs; otherwise (all manual) ComfyUI's models are unloaded as before."""
+    handle = dit.block_swap
+    auto_blocks = handle is not None and handle.active and getattr(handle.config, "auto", False)
+    return bool(auto_blocks) or vae.tiling.tile_size == "auto"
 
 
 class UpscaleNode(io.ComfyNode):
@@ -74,8 +92,8 @@ class UpscaleNode(io.ComfyNode):
         settings = UpscaleSettings(resolution=resolution, max_resolution=max_resolution, batch_size=batch_size,
                                    temporal_overlap=temporal_overlap, color_correction=color_correction, seed=seed)
         validate_upscale_inputs(image, settings)  # before touching the GPU
-        if dit.device.type == "cuda":
-            mm.unload_all_models()  # ComfyUI's own models off the GPU: ours take turns on it
+        if dit.device.type == "cuda" and not plans_memory(dit, vae):
+            mm.unload_all_models()  # manual settings: sized for the whole card, so ComfyUI's models leave it
             mm.soft_empty_cache()
         steps = len(plan_batches(image.shape[0], batch_size, temporal_overlap))
         bar = comfy.utils.ProgressBar(len(PHASES) * steps)
@@ -83,7 +101,8 @@ class UpscaleNode(io.ComfyNode):
         def progress(phase: str, done: int, total: int) -> None:
             bar.update_absolute(PHASES.index(phase) * total + done, len(PHASES) * total)
 
-        out = upscale(image, upscale_models(dit, vae), settings, progress=progress,
+        memory = MemoryFit(make_room=make_room)  # the cap: the BlockSwap Config's vram_budget
+        out = upscale(image, upscale_models(dit, vae, memory), settings, progress=progress,
                       check_interrupt=mm.throw_exception_if_processing_interrupted)
         if dit.block_swap is not None and dit.block_swap.active:
             log.info("SeedVR2 %s", dit.block_swap.stats().summary())

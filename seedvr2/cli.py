@@ -1,16 +1,18 @@
-"""`python -m seedvr2 INPUT -o OUTPUT`: upscale a video or an image with SeedVR2.
+"""`seedvr2 INPUT -o OUTPUT` (or `python -m seedvr2`): upscale a video or an image with SeedVR2.
 
 Same options as the ComfyUI upscaler node (seed, resolution, max_resolution, batch_size,
 temporal_overlap, color_correction) plus model files, device, precision, block swap and VAE
-tiling. Missing known model files download into --models-dir (default ./models/SEEDVR2) unless
+tiling; block swap and VAE tiles default to "auto" (planned for the free GPU memory, or
+--vram-budget). Missing known model files download into --models-dir (default ./models/SEEDVR2) unless
 --no-download; every missing file is reported at once, before anything large loads. Video output
 keeps the input frame rate and has even sides (4:2:0; --exact-size keeps an odd size); PNG output
 keeps alpha. Outputs are checked before any work and written to a temporary file beside the
 target, renamed into place only when the run succeeds; an input is never overwritten.
 
 Examples:
-    python -m seedvr2 clip.mp4 -o clip_1080p.mp4 --resolution 1080 --batch-size 21 --temporal-overlap 2
-    python -m seedvr2 photo.png -o photo_4k.png --resolution 2160 --blocks-to-swap 16 --vae-tile-size 512
+    seedvr2 clip.mp4 -o clip_1080p.mp4 --resolution 1080 --batch-size 21 --temporal-overlap 2
+    seedvr2 clip.mp4 -o clip_1080p.mp4 --vram-budget 10   # leave the rest of the GPU to other work
+    seedvr2 photo.png -o photo_4k.png --resolution 2160 --blocks-to-swap 16 --vae-tile-size 512
 """
 from __future__ import annotations
 
@@ -40,9 +42,17 @@ from .video_io import (DEFAULT_CRF, MediaError, VideoWriter, check_crf, is_image
                        write_images)
 
 log = logging.getLogger("seedvr2")
+AUTO = "auto"
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m seedvr2", description=__doc__.split("\n\n")[0],
+
+def program_name(argv0: str | None = None) -> str:
+    """The name the user invoked: `seedvr2` for the console script, `python -m seedvr2` for the module."""
+    name = Path(argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "")).name
+    return "python -m seedvr2" if name in ("", "__main__.py", "-c", "-m") else name
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or program_name(), description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("Examples:")[1].join(["Examples:", ""]))
     p.add_argument("input", type=Path, help="video (any format PyAV reads) or image (.png, .jpg, .webp, ...)")
@@ -76,14 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype (default auto: bf16 on CUDA, fp16 on GPUs without bf16, fp32 on CPU)")
     d.add_argument("--attention", choices=("sdpa", "flash_attn", "flash_emul"), default="sdpa",
                    help="DiT attention backend (default sdpa)")
-    d.add_argument("--blocks-to-swap", type=int, default=0,
-                   help="DiT blocks streamed from host memory for each use (CUDA only; default 0)")
+    d.add_argument("--blocks-to-swap", type=_auto_or_count, default=AUTO, metavar="auto|N",
+                   help="DiT blocks streamed from host memory for each use (CUDA only; default auto: planned for "
+                        "the free GPU memory, see --vram-budget; 0 = none)")
+    d.add_argument("--vram-budget", type=_gib, default=None, metavar="GB",
+                   help="GPU memory (GiB) the auto plan may use, to leave room for other work (default: the free "
+                        "memory)")
     d.add_argument("--swap-io-components", action="store_true", help="also stream the DiT's input/output modules")
     d.add_argument("--prefetch-blocks", type=int, default=2, help="device slots swapped blocks load into ahead of use")
     d.add_argument("--pin-memory", choices=("auto", "on", "off"), default="auto", help="pin swapped blocks' host copies")
     d.add_argument("--swap-placement", choices=("first", "spread"), default="spread",
                    help="which blocks to swap: the first N, or N spread between resident ones (default)")
-    d.add_argument("--vae-tile-size", type=int, default=512, help="VAE tile size in pixels, 0 = no tiling (default 512)")
+    d.add_argument("--vae-tile-size", type=_auto_or_count, default=AUTO, metavar="auto|N",
+                   help="VAE tile size in pixels, 0 = whole frames (default auto: the largest that fits beside the "
+                        "DiT plan on CUDA, 512 elsewhere)")
     d.add_argument("--vae-tile-overlap", type=int, default=64, help="VAE tile overlap in pixels (default 64)")
     d.add_argument("--vae-chunk-frames", type=int, default=4,
                    help="frames per causal VAE chunk, multiple of 4, 0 = whole batch (default 4)")
@@ -97,6 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def _auto_or_count(text: str) -> int | str:
+    """"auto" or a whole number >= 0 (argparse prefixes its error with the option's name)."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 0, got {value}")
+    return value
+
+
+def _gib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GiB as a number such as 10 or 7.5, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected GiB greater than 0, got {text!r}")
+    return value
 
 
 def _parse_area(text: str) -> tuple[int, int]:
@@ -119,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except torch.OutOfMemoryError as exc:
-            print(f"error: out of memory ({str(exc).splitlines()[0]}). Try --blocks-to-swap (e.g. 16), a smaller "
-                  "--batch-size, a smaller --vae-tile-size, or a lower --resolution.", file=sys.stderr)
+            print(f"error: out of memory ({str(exc).splitlines()[0]}). The memory plan and its out-of-memory "
+                  "fallback (all DiT blocks swapped, the smallest VAE tiles) could not fit this run on the GPU: "
+                  "lower --batch-size or --resolution, free GPU memory used by other programs (or raise "
+                  "--vram-budget if you set it), or use a smaller or fp8 --dit.", file=sys.stderr)
             return 3
         except OSError as exc:  # disk full, permissions, ... while reading or writing
             where = f"{exc.filename}: " if exc.filename else ""
@@ -252,14 +293,15 @@ def _check_memory(frames: torch.Tensor, geometry, settings: UpscaleSettings, pla
 def load_models(args: argparse.Namespace, device: torch.device) -> tuple[UpscaleModels, LoadedDiT]:
     """Resolve, load and place the DiT and VAE (block swap places the DiT on CUDA)."""
     block_swap = None
-    if device.type == "cuda" or args.blocks_to_swap or args.swap_io_components:
+    explicit = args.blocks_to_swap not in (0, AUTO) or args.swap_io_components
+    if device.type == "cuda" or explicit:  # on CUDA always, so "auto" applies; elsewhere a logged no-op
         block_swap = dict(blocks_to_swap=args.blocks_to_swap, swap_io_components=args.swap_io_components,
                           prefetch_blocks=args.prefetch_blocks, pin_memory=args.pin_memory,
-                          placement=args.swap_placement)
+                          placement=args.swap_placement, vram_budget=args.vram_budget)
     download = not args.no_download
     dit = load_dit_model(args.dit, args.models_dir, device=device, dtype=args.dtype, attention=args.attention,
                          block_swap=block_swap, download=download)
-    tiling = VAETiling(args.vae_tile_size or None, args.vae_tile_overlap, args.vae_chunk_frames or None)
+    tiling = VAETiling(args.vae_tile_size or None, args.vae_tile_overlap, args.vae_chunk_frames or None)  # 0 -> whole
     vae = load_vae_model(args.vae, args.models_dir, device=device, dtype=args.dtype, tiling=tiling, download=download)
     return upscale_models(dit, vae), dit
 

@@ -44,6 +44,7 @@ except ImportError:  # `seedvr2` imported from the repository root (CLI, tests, 
 
 from .models import preflight, resolve_model, resolve_pos_emb
 from .pipeline import UpscaleModels, VAETiling
+from .pipeline.fit import MemoryFit
 from .placement import ModulePlacement, Placement
 from .text_embeds import load_pos_emb
 
@@ -129,8 +130,9 @@ def load_dit_model(name: str, models_dir: str | os.PathLike, *, device: torch.de
     """Load DiT `name` (a file in `models_dir`/`extra_dirs`, a path, or a known downloadable name).
 
     block_swap: a `blockswap.BlockSwapConfig` (or its dict). On CUDA the DiT is always placed by
-    block swap (with 0 blocks swapped when None), so loading never puts weights on the GPU; on a
-    CPU or MPS device a given config is a logged no-op and the module is used in place.
+    block swap (None: `default_block_swap`, i.e. ``blocks_to_swap="auto"``, planned for the free
+    memory at run time), so loading never puts weights on the GPU; on a CPU or MPS device a given
+    config is a logged no-op and the module is used in place.
     cpu_block_swap: on a CPU device, place the DiT by block swap in the engine's CPU mode as CUDA
     does (None: `SEEDVR2_BLOCKSWAP_CPU`).
     Loads and applies with inference mode off, so the model runs in any grad mode.
@@ -157,10 +159,18 @@ def _load_dit_model(name: str, models_dir: str | os.PathLike, *, device: torch.d
     handle = None
     cpu_mode = cpu_block_swap and device.type == "cpu"
     if device.type == "cuda" or cpu_mode or block_swap is not None:
-        handle = blockswap.apply_block_swap(module, blockswap.BlockSwapConfig.coerce(block_swap), device,
-                                            allow_cpu_device=cpu_mode)
+        config = default_block_swap(device) if block_swap is None else blockswap.BlockSwapConfig.coerce(block_swap)
+        handle = blockswap.apply_block_swap(module, config, device, allow_cpu_device=cpu_mode)
     placement = handle if handle is not None and handle.active else ModulePlacement(module, device)
     return LoadedDiT(module, placement, pos_emb, device, layout.path, handle)
+
+
+def default_block_swap(device: torch.device) -> Any:
+    """The block swap config used when none is given: on CUDA ``blocks_to_swap="auto"`` (the run's
+    memory plan picks the count for the free VRAM); elsewhere nothing swapped (CPU mode included)."""
+    if device.type == "cuda":
+        return blockswap.BlockSwapConfig(blocks_to_swap="auto")
+    return blockswap.BlockSwapConfig()
 
 
 def load_vae_model(name: str, models_dir: str | os.PathLike, *, device: torch.device | str, dtype: str = "auto",
@@ -176,7 +186,8 @@ def load_vae_model(name: str, models_dir: str | os.PathLike, *, device: torch.de
     return LoadedVAE(module, layout.path, tiling or VAETiling())
 
 
-def upscale_models(dit: LoadedDiT, vae: LoadedVAE) -> UpscaleModels:
-    """What `seedvr2.upscale` needs: both models on the DiT's device, one at a time."""
+def upscale_models(dit: LoadedDiT, vae: LoadedVAE, memory: MemoryFit | None = None) -> UpscaleModels:
+    """What `seedvr2.upscale` needs: both models on the DiT's device, one at a time; `memory`: how
+    the run fits the device (`UpscaleModels.memory`, None = defaults)."""
     return UpscaleModels(dit.module, vae.module, dit.pos_emb, dit.device, dit.placement,
-                         ModulePlacement(vae.module, dit.device), vae.tiling)
+                         ModulePlacement(vae.module, dit.device), vae.tiling, memory)

@@ -141,7 +141,7 @@ def with_blockswap(prompt: dict, blocks_to_swap: int) -> dict:
     assert ids and "block_swap_config" in prompt[only(prompt, LOAD_DIT)]["inputs"], \
         "the example workflow does not feed a BlockSwap Config to the DiT loader"
     for node_id in ids:
-        prompt[node_id]["inputs"]["blocks_to_swap"] = blocks_to_swap
+        prompt[node_id]["inputs"].update(blocks_to_swap=blocks_to_swap, mode="manual")
     return prompt
 
 
@@ -264,6 +264,14 @@ def test_swapped_example_reuses_its_handle_and_matches_unswapped(comfy, swap_hos
     assert [(n, m) for n, m, _ in swapped_lines(log3)] == [(1, blocks)], log3[-3000:]
     np.testing.assert_array_equal(output_pixels(host, third_prompt, third), expected,
                                   err_msg="run with a changed config differs from the unswapped reference")
+    # 4. The example as shipped (mode auto): the config reaches the engine as "auto", which without
+    # a device to plan against (this CPU host) swaps every block; the pixels stay exact.
+    auto_prompt = edit(prompt, SEED, "auto")
+    assert all(auto_prompt[n]["inputs"]["mode"] == "auto" for n in nodes_of(auto_prompt, BLOCKSWAP))
+    auto, log4 = run_ok(host, auto_prompt, python, frames)
+    assert [(n, m) for n, m, _ in swapped_lines(log4)] == [(blocks, blocks)], log4[-3000:]
+    np.testing.assert_array_equal(output_pixels(host, auto_prompt, auto), expected,
+                                  err_msg="run with the auto config differs from the unswapped reference")
     acceptance_report.add(
         f"block swap in the host, example '{name}': {half}/{blocks} swapped {first.seconds:.1f}s, "
         f"re-run (upscaler only) {second.seconds:.1f}s, changed config 1/{blocks} {third.seconds:.1f}s, "

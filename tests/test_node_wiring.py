@@ -1,0 +1,141 @@
+"""The nodes' "auto" wiring without a ComfyUI install: the pack's node modules are imported with
+minimal stand-ins for `comfy_api.latest.io`, `comfy.model_management` and `folder_paths`, so the
+widget -> config mapping, the widget order (UI workflows map values by position) and the upscaler's
+request to ComfyUI's model manager are checked here; the real host runs them in tests/acceptance."""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+import uuid
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import REPO
+
+
+class _Recorder:
+    """Stands in for io.Int/io.Combo/...: `.Input(name, **kw)` records the widget."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def Input(self, name, **kw):  # noqa: N802 - ComfyUI's spelling
+        return SimpleNamespace(kind=self.kind, name=name, **kw)
+
+    def Output(self, **kw):  # noqa: N802
+        return SimpleNamespace(kind=self.kind, **kw)
+
+
+def _fake_io() -> types.ModuleType:
+    io = types.ModuleType("io")
+    io.ComfyNode = type("ComfyNode", (), {})
+    io.Schema = lambda **kw: SimpleNamespace(**kw)
+    io.NodeOutput = lambda *values: values
+    io.Custom = lambda name: _Recorder(name)
+    for kind in ("Int", "Float", "Boolean", "Combo", "Image", "String"):
+        setattr(io, kind, _Recorder(kind))
+    return io
+
+
+@pytest.fixture
+def pack(monkeypatch, tmp_path):
+    """The pack's `nodes` package, imported under a fresh name with ComfyUI stand-ins; `mm` records
+    the calls the nodes make to comfy.model_management."""
+    calls = []
+    mm = types.ModuleType("comfy.model_management")
+    mm.free_memory = lambda needed, device: calls.append(("free_memory", needed, device))
+    mm.soft_empty_cache = lambda: calls.append(("soft_empty_cache",))
+    mm.get_free_memory = lambda device: 7 << 30
+    mm.unload_all_models = lambda: calls.append(("unload_all_models",))
+    mm.get_torch_device = lambda: torch.device("cpu")
+    comfy = types.ModuleType("comfy")
+    comfy.model_management, comfy.utils = mm, types.ModuleType("comfy.utils")
+    latest = types.ModuleType("comfy_api.latest")
+    latest.io = _fake_io()
+    stubs = {"comfy_api": types.ModuleType("comfy_api"), "comfy_api.latest": latest, "comfy": comfy,
+             "comfy.model_management": mm, "comfy.utils": comfy.utils, "folder_paths": types.ModuleType("folder_paths")}
+    stubs["folder_paths"].models_dir = str(tmp_path)
+    name = f"pack_{uuid.uuid4().hex[:8]}"
+    root = types.ModuleType(name)
+    root.__path__ = [str(REPO)]
+    nodes = types.ModuleType(f"{name}.nodes")  # not nodes/__init__.py: that registers with ComfyUI
+    nodes.__path__ = [str(REPO / "nodes")]
+    for key, module in {**stubs, name: root, f"{name}.nodes": nodes}.items():
+        monkeypatch.setitem(sys.modules, key, module)
+    loaded = SimpleNamespace(calls=calls, mm=mm, name=name)
+    for mod in ("blockswap_config", "loaders", "upscale"):
+        setattr(loaded, mod, importlib.import_module(f"{name}.nodes.{mod}"))
+    monkeypatch.setattr(loaded.loaders.model_folder, "choices", lambda kind: [])  # no model folders here
+    yield loaded
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+
+
+def _input_names(node) -> list[str]:
+    return [widget.name for widget in node.define_schema().inputs]
+
+
+def _config_node_defaults(node) -> dict:
+    return {w.name: w.default for w in node.define_schema().inputs}
+
+
+def test_config_node_defaults_to_auto_with_no_budget(pack):
+    node = pack.blockswap_config.BlockSwapConfigNode
+    (config,) = node.execute(**_config_node_defaults(node))
+    assert config["blocks_to_swap"] == "auto" and config["vram_budget"] is None
+    # Older workflows (six widget values) run with the new inputs' defaults: auto as well.
+    (old,) = node.execute(16, False, 2, "auto", "spread", False)
+    assert old["blocks_to_swap"] == "auto"
+
+
+def test_config_node_manual_mode_and_budget(pack):
+    node = pack.blockswap_config.BlockSwapConfigNode
+    (manual,) = node.execute(12, False, 2, "auto", "spread", False, "manual", 0.0)
+    assert manual["blocks_to_swap"] == 12 and manual["vram_budget"] is None
+    (capped,) = node.execute(12, False, 2, "auto", "spread", False, "auto", 9.5)
+    assert capped["blocks_to_swap"] == "auto" and capped["vram_budget"] == 9.5
+    with pytest.raises(ValueError, match="mode must be one of auto, manual"):
+        node.execute(12, False, 2, "auto", "spread", False, "fast", 0.0)
+
+
+def test_new_widgets_come_last_so_saved_workflows_keep_their_values(pack):
+    assert _input_names(pack.blockswap_config.BlockSwapConfigNode) == [
+        "blocks_to_swap", "swap_io_components", "prefetch_blocks", "pin_memory", "placement", "debug",
+        "mode", "vram_budget_gb"]
+    assert _input_names(pack.loaders.LoadVAENode) == ["model", "dtype", "tile_size", "tile_overlap", "chunk_frames",
+                                                      "tile_mode"]
+    modes = {w.name: w for w in pack.loaders.LoadVAENode.define_schema().inputs}["tile_mode"]
+    assert modes.default == "auto" and modes.tooltip
+
+
+def test_vae_tile_mode(pack):
+    tiling = pack.loaders.vae_tiling
+    assert tiling("auto", 512, 64, 4).tile_size == "auto"
+    assert tiling("manual", 384, 32, 4).tile_size == 384
+    assert tiling("manual", 0, 64, 0).tile_size is None and tiling("manual", 0, 64, 0).chunk_frames is None
+    with pytest.raises(ValueError, match="tile_mode"):
+        tiling("big", 512, 64, 4)
+
+
+def test_upscaler_asks_comfyui_to_free_only_what_the_plan_needs(pack):
+    device = torch.device("cuda", 0)
+    assert pack.upscale.make_room(device, 5 << 30) == 7 << 30
+    assert pack.calls == [("free_memory", 5 << 30, device), ("soft_empty_cache",)]
+
+
+def test_upscaler_plans_when_anything_is_auto(pack):
+    from blockswap import BlockSwapConfig  # noqa: PLC0415
+    from seedvr2.pipeline import VAETiling  # noqa: PLC0415
+
+    def handle(blocks, active=True):
+        return SimpleNamespace(active=active, config=BlockSwapConfig(blocks_to_swap=blocks))
+
+    plans = pack.upscale.plans_memory
+    fixed, auto = SimpleNamespace(tiling=VAETiling(tile_size=512)), SimpleNamespace(tiling=VAETiling(tile_size="auto"))
+    assert plans(SimpleNamespace(block_swap=handle("auto")), fixed)
+    assert plans(SimpleNamespace(block_swap=handle(8)), auto)
+    assert not plans(SimpleNamespace(block_swap=handle(8)), fixed)
+    assert not plans(SimpleNamespace(block_swap=handle("auto", active=False)), fixed)
