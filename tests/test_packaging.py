@@ -33,6 +33,8 @@ OPTIONAL = {
     "flash_attn": "the flash_attn attention backend, checked when asked for",
     "psutil": "RAM size on Windows (os.sysconf elsewhere)",
     "tqdm": "the command line's progress bar (a plain one otherwise)",
+    "gguf": "reading and writing .gguf files (the `gguf` extra; refused with the install command otherwise)",
+    "comfy_kitchen": "ComfyUI's kernels for mxfp8/nvfp4 when the host has them (torch otherwise)",
 }
 
 

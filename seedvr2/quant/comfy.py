@@ -47,7 +47,9 @@ def kitchen():
         return None
     try:
         import comfy_kitchen
-    except Exception:  # noqa: BLE001 - absent, or broken for this torch build: use torch
+    except ImportError:  # absent: use torch
+        return None
+    except Exception:  # noqa: BLE001 - broken for this torch build: use torch
         return None
     return comfy_kitchen
 
