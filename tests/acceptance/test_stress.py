@@ -146,10 +146,12 @@ def test_ten_runs_leave_memory_flat(comfy, comfy_install, small_video_prompt, sm
         f"RSS after run 1: {rss[0]:.0f} MiB, after run 10: {rss[-1]:.0f} MiB (growth {growth:+.1f} MiB, trend "
         f"{slope:+.2f} MiB/run); runs 2-10 queued together took {took:.1f}s; "
         f"RSS per run: {', '.join(f'{r:.0f}' for r in rss)}")
-    # RSS sampled between runs swings by tens of MiB (freed arenas, transient buffers), so compare the
-    # low-water marks of the first and last five runs: a kept model copy (~6 MB for the tiny ones) or
-    # a run's latents and activations kept per run raises the floor and the trend.
+    # RSS sampled between runs swings by up to ~200 MiB on ComfyUI 0.33.0 (freed malloc arenas,
+    # transient buffers), so compare the low-water marks of the first and last five runs: whatever a
+    # run keeps (its latents, activations, a model copy: several MiB per run on these tiny models)
+    # raises the floor by 5x that over the last five runs and the trend by that much per run. A
+    # one-off kept copy of a larger model is the RSS check of test_blockswap_host.py.
     floor_growth = min(rss[-5:]) - min(rss[:5])
-    assert floor_growth < 16 and slope < 2.0, (
+    assert floor_growth < 40 and slope < 2.0, (
         f"server RSS climbs: floor {floor_growth:+.1f} MiB between the first and last five runs, "
         f"trend {slope:+.2f} MiB/run: {rss}")
