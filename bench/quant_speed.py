@@ -92,17 +92,10 @@ def inputs(tokens: int, txt_dim: int, device: torch.device, dtype: torch.dtype):
 
 
 def timed(net, args, device: torch.device, iters: int) -> float:
-    best = float("inf")
-    with torch.no_grad():
-        for _ in range(iters):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            net(*args)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best = min(best, time.perf_counter() - t0)
-    return best
+    """Best of `iters` forwards, in seconds."""
+    from blockswap_bench import time_forwards
+
+    return min(time_forwards(net, args, device, 0, iters)) / 1e3
 
 
 def weight_bytes(net) -> int:

@@ -30,6 +30,7 @@ with trainable weights, or from a second thread while one runs, is refused with 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
@@ -172,7 +173,6 @@ class BlockSwapHandle:
             self._wrap(module, _call(self, "_enter_block", i), _call(self, "_exit_block", i))
         for rank, (_, module) in enumerate(io_modules if swapped_io else []):
             self._wrap(module, _call(self, "_acquire_io", rank), _call(self, "_release_io", rank))
-        self._io_names = [name for name, _ in io_modules]
         self.guard = MoveGuard([model, *blocks, *(m for _, m in io_modules)], self._model_name)
         log.info(self.stats().summary())
 
@@ -336,23 +336,43 @@ class BlockSwapHandle:
     def _release_io(self, rank: int, failed: bool = False) -> None:
         self.io_ring.release(rank, failed=failed)
 
+    def _can_pin(self) -> bool:
+        return self.backend.asynchronous and self.offload_device.type == "cpu" and self.config.pin_memory != "off"
+
     def _pin(self, streamed: list[HostUnit], residents: list[HostUnit]) -> None:
-        mode = self.config.pin_memory
-        if not self.backend.asynchronous or self.offload_device.type != "cpu" or mode == "off":
+        """At apply: pin what is streamed repeatedly, then the residents (loaded once per phase),
+        within the process-wide budget; stage the streamed rest."""
+        if not self._can_pin():
             self.copy_mode = "synchronous" if not self.backend.asynchronous else "pageable"
             return
-        force = mode == "on"  # "on": every streamed unit, past the budget if need be
-        for unit in streamed:
+        self._pin_units(streamed, force=self.config.pin_memory == "on")
+        self._pin_units([u for u in residents if u.nbytes], force=False)
+        self._stage_unpinned(streamed)
+
+    def _pin_streamed(self, streamed: list[HostUnit]) -> None:
+        """After a reconfigure: pin newly swapped units within the budget, stage the rest."""
+        if not self._can_pin() or not streamed:
+            return
+        self._pin_units([u for u in streamed if not u.pinned], force=self.config.pin_memory == "on")
+        self.pinned_bytes = sum(u.nbytes for u in self.blocks + self.io + self.loose if u.pinned)
+        unpinned = [u for u in streamed if not u.pinned]
+        if unpinned:
+            staging = self.transfers.ensure_staging(max(u.nbytes for u in unpinned), STAGING_BUFFERS)
+            self.copy_mode = "pinned+staged" if staging else "pageable"
+
+    def _pin_units(self, units: list[HostUnit], force: bool) -> None:
+        """`force` ("on"): past the budget if need be (still counted)."""
+        for unit in units:
             unit.pinned = pin(unit.buffer, self.backend, self._budget, force=force)
-        for unit in residents:
-            if unit.nbytes and pin(unit.buffer, self.backend, self._budget):
-                unit.pinned = True
-        self.pinned_bytes = sum(u.nbytes for u in streamed + residents if u.pinned)
+
+    def _stage_unpinned(self, streamed: list[HostUnit]) -> None:
+        """Staging buffers for the streamed units that could not be pinned; sets the copy mode."""
+        self.pinned_bytes = sum(u.nbytes for u in self.blocks + self.io + self.loose if u.pinned)
         unpinned = [u for u in streamed if not u.pinned]
         if not unpinned:
             self.copy_mode = "pinned" if streamed else "pinned residents"
             return
-        staging = self.transfers.enable_staging(max(u.nbytes for u in unpinned), STAGING_BUFFERS)
+        staging = self.transfers.ensure_staging(max(u.nbytes for u in unpinned), STAGING_BUFFERS)
         any_pinned = any(u.pinned for u in streamed)
         self.copy_mode = ("pinned+staged" if any_pinned else "staged") if staging else "pageable"
         log.warning("BlockSwap: %d of %d swapped units are not pinned (the pin budget of %.1f GiB is spent or the "
@@ -474,26 +494,6 @@ class BlockSwapHandle:
         self._arena_bytes = self._layout_bytes()
         log.info("BlockSwap reconfigured: %s", self.stats().summary())
 
-    def _pin_streamed(self, streamed: list[HostUnit]) -> None:
-        """After a reconfigure: pin newly swapped units within the budget, stage the rest."""
-        mode = self.config.pin_memory
-        if not self.backend.asynchronous or self.offload_device.type != "cpu" or mode == "off" or not streamed:
-            return
-        for unit in streamed:
-            if not unit.pinned:
-                unit.pinned = pin(unit.buffer, self.backend, self._budget, force=mode == "on")
-        self.pinned_bytes = sum(u.nbytes for u in self.blocks + self.io + self.loose if u.pinned)
-        unpinned = [u for u in streamed if not u.pinned]
-        if not unpinned:
-            return
-        needed = max(u.nbytes for u in unpinned)
-        if self.transfers.staging_bytes and min(b.numel() for b in self.transfers._staging) >= needed:
-            return
-        if self.transfers.staging_bytes:
-            self.transfers.close()
-        staging = self.transfers.enable_staging(needed, STAGING_BUFFERS)
-        self.copy_mode = "pinned+staged" if staging else "pageable"
-
     def placement(self) -> list[str]:
         """Per block: "device" while its tensors are bound to device memory, else "offload"."""
         if not self.active:
@@ -520,14 +520,9 @@ class BlockSwapHandle:
 
 
 def _call(handle: BlockSwapHandle, method: str, *args: Any) -> Callable[..., None]:
-    """A hook calling `handle.<method>(*args, **kw)`: a plain closure over the handle (the model
-    owns the handle; the handle holds nothing of the model strongly)."""
-    bound = getattr(handle, method)
-
-    def hook(**kw: Any) -> None:
-        bound(*args, **kw)
-
-    return hook
+    """A hook calling `handle.<method>(*args, **kw)` (the model owns the handle through it; the
+    handle holds nothing of the model strongly)."""
+    return functools.partial(getattr(handle, method), *args)
 
 
 def _class_forward(module: nn.Module) -> Callable[..., Any]:

@@ -98,6 +98,15 @@ class Transfers:
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="blockswap-staging")
         return True
 
+    def ensure_staging(self, nbytes: int, count: int) -> bool:
+        """Bounce buffers of at least `nbytes`: the current ones when large enough, else new ones
+        (a phase boundary: the old set is joined and unpinned first)."""
+        if self._staging and min(b.numel() for b in self._staging) >= nbytes:
+            return True
+        if self._staging:
+            self.close()
+        return self.enable_staging(nbytes, count)
+
     @property
     def staging_bytes(self) -> int:
         return sum(b.numel() for b in self._staging)
