@@ -50,7 +50,9 @@ def _assert_lists(text: str, names: list[str], folder: Path) -> None:
         entry = known_file(name)
         line = next((ln for ln in text.splitlines() if ln.strip().startswith(name + " ")), None)
         assert line is not None, f"{name} is not listed:\n{text}"
-        assert f"{entry.size:,} bytes" in line and entry.url in line and str(folder) in line, line
+        assert f"({entry.size_text}" in line and entry.url in line and str(folder) in line, line
+        if entry.size is None:  # no exact size to check a manual download by: the hash is given instead
+            assert f"SHA-256 {entry.sha256}" in line, line
 
 
 def test_no_network_is_detected_fast_and_every_missing_file_reported_once(tmp_path, offline, monkeypatch):
@@ -67,6 +69,21 @@ def test_no_network_is_detected_fast_and_every_missing_file_reported_once(tmp_pa
     _assert_lists(text, [DEFAULT_DIT, POS_EMB_FILE, DEFAULT_VAE], models)
     assert "partial" not in text and calls == []
     assert _files_under(tmp_path) == [], "an offline attempt left files or folders behind"
+
+
+@pytest.mark.parametrize("dit, needs_pos_emb", [("seedvr2_ema_7b-Q4_K_M.gguf", True),
+                                                ("seedvr2_7b_nvfp4.safetensors", False)])
+def test_a_missing_published_quantized_dit_is_listed_with_what_it_needs(tmp_path, dit, needs_pos_emb):
+    """AInVFX GGUF files need pos_emb.pt beside them; Comfy-Org files embed the embedding."""
+    models = tmp_path / "models"
+    with pytest.raises(ModelFileError) as failed:
+        preflight(dit, DEFAULT_VAE, models, download=False)
+    text = str(failed.value)
+    names = [dit, POS_EMB_FILE, DEFAULT_VAE] if needs_pos_emb else [dit, DEFAULT_VAE]
+    assert text.startswith(f"{len(names)} model file(s) not found in {models} and downloads are off"), text
+    _assert_lists(text, names, models)
+    assert (POS_EMB_FILE in text) == needs_pos_emb and "None" not in text
+    assert _files_under(tmp_path) == []
 
 
 def test_a_failed_download_leaves_no_debris_and_states_a_partial_file_only_when_there_is_one(tmp_path, monkeypatch):

@@ -62,6 +62,10 @@ def test_only_names_inside_the_model_folders_resolve(folders):
 def test_only_exact_registry_names_of_the_loaders_kind_are_downloadable():
     assert downloadable_name("seedvr2_ema_3b_fp16.safetensors", "dit")
     assert downloadable_name("ema_vae_fp16.safetensors", "vae")
+    assert downloadable_name("seedvr2_ema_7b-Q4_K_M.gguf", "dit")  # published quantized files too
+    assert downloadable_name("seedvr2_7b_sharp_nvfp4.safetensors", "dit")
+    assert not downloadable_name("seedvr2_ema_7b-Q4_K_M.gguf", "vae")
+    assert not downloadable_name("seedvr2_ema_7b-Q5_K_M.gguf", "dit")  # no published SHA-256: not listed
     for name, kind in [("ema_vae_fp16.safetensors", "dit"), ("sub/seedvr2_ema_3b_fp16.safetensors", "dit"),
                        ("../seedvr2_ema_3b_fp16.safetensors", "dit"), ("pos_emb.pt", "dit"), (None, "dit")]:
         assert not downloadable_name(name, kind), name

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -15,7 +16,8 @@ from seedvr2.dit import load_dit
 from seedvr2.models import (MODEL_FILES, ModelFile, ModelFileError, ensure_model_file, inspect_checkpoint, list_models,
                             local_model_files, resolve_models)
 from seedvr2.models import download as download_mod
-from seedvr2.models import registry
+from seedvr2.models import known_file, registry
+from seedvr2.quant.published import PUBLISHED_QUANTIZED
 from seedvr2.text_embeds import POS_EMB_SHAPE, load_pos_emb
 from seedvr2.vae import load_vae
 from conftest import DATA, SHARED
@@ -40,13 +42,32 @@ def test_registry_sizes_and_hashes_are_the_guide_values():
     for entry in MODEL_FILES:
         row = [line for line in rows if entry.sha256 in line]
         assert row, f"{entry.name}: SHA-256 not in the guide's tables"
-        assert f"{entry.size:,}" in row[0] and f"`{Path(entry.path_in_repo).name}`" in row[0], (entry.name, row[0])
+        assert f"`{Path(entry.path_in_repo).name}`" in row[0], (entry.name, row[0])
+        if entry.size is not None:
+            assert f"{entry.size:,}" in row[0], (entry.name, row[0])
+        else:  # only a rounded size is published: the guide gives no exact byte count to use instead
+            bytes_column = row[0].rstrip(" |").rsplit("|", 1)[1]
+            assert "≈" in bytes_column and not re.search(r"\d,\d{3},\d{3},\d{3}", bytes_column), row[0]
+            assert f"≈{entry.approx_size / 1e9:.2f}".rstrip("0").rstrip(".") in bytes_column, (entry.name, row[0])
         assert entry.repo in tables, entry.name
     assert len({m.name for m in MODEL_FILES}) == len(MODEL_FILES)
     guide = SHARED / "guides" / "checkpoints.md"
     if guide.is_file():  # beside the project's shared folder: the copy must still be the guide's text
         guide_lines = set(guide.read_text().splitlines())
         assert [row for row in rows if row not in guide_lines] == []
+
+
+def test_every_published_quantized_file_of_the_guide_is_a_known_dit():
+    """Each GGUF and Comfy-Org int8/mxfp8/nvfp4 row of the guide (all carry a SHA-256) is downloadable."""
+    rows = [line for line in GUIDE_TABLES.read_text().splitlines() if line.startswith("| `")]
+    quantized = [r for r in rows if re.search(r"\.gguf`|_(int8_convrot|mxfp8|nvfp4)\.safetensors`", r)]
+    assert len(quantized) == 13
+    for row in quantized:
+        name = re.match(r"\| `([^`]+)`", row).group(1)
+        entry = known_file(name)
+        assert entry is not None and entry.kind == "dit" and entry.sha256 in row, name
+        assert entry.url.endswith(("/" + name)) and "/resolve/main/" in entry.url, entry.url
+    assert {p.name for p in PUBLISHED_QUANTIZED} <= {m.name for m in MODEL_FILES}
 
 
 def test_tiny_model_configs_are_the_golden_ones(golden_dir):
@@ -135,6 +156,44 @@ def known_entry(monkeypatch):
                       len(PAYLOAD), hashlib.sha256(PAYLOAD).hexdigest(), "abc123")
     monkeypatch.setitem(registry._BY_NAME, entry.name, entry)
     return entry
+
+
+@pytest.fixture()
+def unsized_entry(monkeypatch):
+    """A registry entry whose exact size is not published (GGUF, Comfy-Org mxfp8/nvfp4): hash only."""
+    import hashlib
+
+    entry = ModelFile("fake_model-Q4_K_M.gguf", "dit", "someone/repo", "fake_model-Q4_K_M.gguf", None,
+                      hashlib.sha256(PAYLOAD).hexdigest(), None, "", approx_size=2_000_000_000)
+    monkeypatch.setitem(registry._BY_NAME, entry.name, entry)
+    return entry
+
+
+def test_an_entry_without_an_exact_size_is_checked_by_its_hash_alone(tmp_path, monkeypatch, unsized_entry, caplog):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", FakeHub(payload=PAYLOAD[::-1]))
+    with pytest.raises(ModelFileError, match=r"does not match the published file: SHA-256 \w+ \(10,240 bytes\), "
+                                             r"expected \w+ \(size not published exactly, about 2\.0 GB\)"):
+        ensure_model_file(unsized_entry.name, tmp_path)
+    assert not (tmp_path / unsized_entry.name).exists()
+    monkeypatch.setitem(sys.modules, "huggingface_hub", FakeHub())  # right bytes, size never compared
+    with caplog.at_level("INFO", logger="seedvr2.models.download"):
+        path = ensure_model_file(unsized_entry.name, tmp_path)
+    assert path.read_bytes() == PAYLOAD and "verified and saved" in caplog.text
+    assert "bytes, not the" not in caplog.text and "registry" not in caplog.text
+    path.write_bytes(b"a user's own file of another size")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert ensure_model_file(unsized_entry.name, tmp_path) == path
+    assert "published" not in caplog.text  # no size to compare a present file against
+
+
+def test_the_manual_download_line_of_an_unsized_entry_gives_its_hash(tmp_path, unsized_entry):
+    with pytest.raises(ModelFileError) as refused:
+        ensure_model_file(unsized_entry.name, tmp_path, download=False)
+    line = str(refused.value).splitlines()[-1]
+    assert line.strip().startswith(f"{unsized_entry.name} (size not published exactly, about 2.0 GB, SHA-256 "
+                                   f"{unsized_entry.sha256}) from {unsized_entry.url} into "), line
+    assert "None" not in str(refused.value)
 
 
 def test_download_resumes_verifies_and_lands_in_the_models_folder(tmp_path, monkeypatch, known_entry):

@@ -8,7 +8,8 @@ Rules:
   message naming it).
 * Downloads go through `huggingface_hub.hf_hub_download` into `<models>/.downloads/`, where
   huggingface_hub keeps the partial file between attempts (an interrupted download resumes).
-  The finished file is verified (SHA-256; size when no hash is known) and only then moved to
+  The finished file is verified (its SHA-256; every registry entry has one, while an exact size is
+  optional and never decides) and only then moved to
   `<models>/<name>` with a no-overwrite link. A file that fails verification is removed from
   the staging folder (it is ours, not the user's) and the error says what was expected.
 """
@@ -97,7 +98,7 @@ def ensure_model_file(name: str, models_dir: str | os.PathLike, *, download: boo
     found = find_model_file(name, [models_dir, *extra_dirs])
     entry = known_file(Path(name).name)
     if found is not None:
-        if entry is not None and found.stat().st_size != entry.size:
+        if entry is not None and entry.size is not None and found.stat().st_size != entry.size:
             log.warning("SeedVR2: %s is %d bytes, but the published %s is %d bytes; using it as it is (it was "
                         "not modified). If loading fails, move it away and let it download again.",
                         found, found.stat().st_size, entry.name, entry.size)
@@ -135,13 +136,14 @@ def download_model_file(entry: ModelFile, models_dir: str | os.PathLike) -> Path
     check_models_dir(models_dir, [entry])
     check_network(hub_endpoint(), [entry], models_dir)
     _make_staging(staging, entry, models_dir)
-    log.info("SeedVR2: downloading %s (%.2f GB) from %s into %s", entry.name, entry.size / 1e9, entry.repo, models_dir)
+    log.info("SeedVR2: downloading %s (%s) from %s into %s", entry.name, entry.size_text, entry.repo, models_dir)
     try:
         with _one_copy_of_hub_logs():
             staged = Path(huggingface_hub.hf_hub_download(**_download_kwargs(huggingface_hub, entry, staging)))
     except Exception as exc:  # noqa: BLE001 - network/auth/disk errors all end the same way for the user
         partial = _clean_staging(staging, entry)
-        kept = (f" The partial file is kept ({partial.stat().st_size:,} of {entry.size:,} bytes, at {partial}) and "
+        of = f" of {entry.size:,}" if entry.size is not None else ""
+        kept = (f" The partial file is kept ({partial.stat().st_size:,}{of} bytes, at {partial}) and "
                 "the next attempt resumes it." if partial is not None else "")
         raise ModelFileError(
             f"downloading {entry.name} failed ({type(exc).__name__}: {_first_line(exc)}).{kept} Or download it "
@@ -159,14 +161,11 @@ def download_model_file(entry: ModelFile, models_dir: str | os.PathLike) -> Path
 
 
 def manual_download_text(entries: Iterable[ModelFile], folder: str | os.PathLike) -> str:
-    """One line per file: name, size, URL and the folder to put it in (for a manual download)."""
+    """One line per file: name, size, URL, SHA-256 when the size is not exact, and the folder to put
+    it in (for a manual download)."""
     folder = os.path.abspath(folder)
-    return "\n".join(f"  {m.name} ({m.size:,} bytes, {_readable(m.size)}) from {m.url} into {folder}"
-                     for m in entries)
-
-
-def _readable(size: int) -> str:
-    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+    return "\n".join(f"  {m.name} ({m.size_text}{'' if m.size is not None else f', SHA-256 {m.sha256}'}) "
+                     f"from {m.url} into {folder}" for m in entries)
 
 
 def check_models_dir(models_dir: str | os.PathLike, entries: Iterable[ModelFile]) -> None:
@@ -329,18 +328,19 @@ def verify_file(path: Path, entry: ModelFile) -> None:
     """Raise ModelFileError unless `path` has the entry's SHA-256.
 
     The hash decides: a few registry sizes are computed rather than observed, so a size mismatch
-    with the right hash is only logged.
+    with the right hash is only logged; an entry without an exact size (None) is checked by its
+    hash alone.
     """
     size = path.stat().st_size
     digest = sha256_of(path)
     if digest == entry.sha256:
-        if size != entry.size:
+        if entry.size is not None and size != entry.size:
             log.warning("SeedVR2: %s has the published SHA-256 but %d bytes, not the %d in the registry",
                         entry.name, size, entry.size)
         return
     raise ModelFileError(
         f"downloaded {entry.name} does not match the published file: SHA-256 {digest} ({size:,} bytes), expected "
-        f"{entry.sha256} ({entry.size:,} bytes) from {entry.url}. The download was incomplete or the file "
+        f"{entry.sha256} ({entry.size_text}) from {entry.url}. The download was incomplete or the file "
         "changed upstream; it was discarded, try again.")
 
 

@@ -1,15 +1,20 @@
 """Known model files: where to download them and how to check them.
 
 Data from shared/guides/checkpoints.md (§2 ByteDance originals, §4.1 numz/AInVFX registry, §5.2
-Comfy-Org, §7 download pairs). Sizes are exact bytes; SHA-256 values identify the bytes (several
-files in the wild share names and sizes with different content). Files are stored flat in the
-models folder (`models/SEEDVR2` in ComfyUI) under `name`. Only layouts this pack loads are listed:
-no GGUF, no ComfyUI int8/mxfp8/nvfp4 quantizations.
+Comfy-Org, §7 download pairs); the quantized files (GGUF, ComfyUI int8/mxfp8/nvfp4) come from
+`seedvr2.quant.published`. The SHA-256 identifies the bytes (several files in the wild share names
+and sizes with different content) and is the one check of a download. `size` is exact bytes where a
+source states or checks it; where only a rounded size is published it is None (`approx_size` then
+gives the rounded figure for messages, and nothing ever compares a file against it). A published
+file without a stated SHA-256 is not listed. Files are stored flat in the models folder
+(`models/SEEDVR2` in ComfyUI) under `name`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from ..quant.published import PUBLISHED_QUANTIZED
 
 Kind = Literal["dit", "vae", "text"]
 
@@ -30,14 +35,28 @@ class ModelFile:
     kind: Kind
     repo: str
     path_in_repo: str
-    size: int
+    size: int | None  # exact bytes, or None when no source states them (the SHA-256 alone checks the file)
     sha256: str
     revision: str | None = None
     note: str = ""
+    approx_size: int | None = None  # a rounded published size, for messages only (when `size` is None)
 
     @property
     def url(self) -> str:
         return f"https://huggingface.co/{self.repo}/resolve/{self.revision or 'main'}/{self.path_in_repo}"
+
+    @property
+    def size_text(self) -> str:
+        """The size for people: exact bytes when known, else the rounded published figure."""
+        if self.size is not None:
+            return f"{self.size:,} bytes, {readable_size(self.size)}"
+        if self.approx_size is not None:
+            return f"size not published exactly, about {self.approx_size / 1e9:.1f} GB"
+        return "size not published"
+
+
+def readable_size(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 
 def _plain(name: str, kind: Kind, repo: str, size: int, sha256: str, note: str = "", revision: str | None = None) -> ModelFile:
@@ -71,6 +90,9 @@ MODEL_FILES: tuple[ModelFile, ...] = (
            "2742ca6fee63bc5cc1773f426dd4b07b78cad27f51c9ea5cd42b035e6b592252", "7B fp16"),
     _comfy("seedvr2_7b_sharp_fp16.safetensors", 16_480_583_960,
            "70823bca54b9c24eeb56e1c452697c7c2a430867e58db0e376c6e260f3a4489d", "7B sharp fp16"),
+    # Quantized single files: AInVFX GGUF (pos_emb.pt beside them) and Comfy-Org int8/mxfp8/nvfp4.
+    *(ModelFile(p.name, "dit", p.repo, p.path_in_repo, p.size, p.sha256, None, p.note, p.approx_bytes)
+      for p in PUBLISHED_QUANTIZED),
     # ByteDance fp32 masters (pickles; loaded with weights_only=True).
     _plain("seedvr2_ema_3b.pth", "dit", BYTEDANCE_3B, 13_566_090_228,
            "6bcc5ac59447e97b100477480aebb01be2ec724c8340bb83faae21f64848604b", "3B fp32 master",
