@@ -1,12 +1,15 @@
-"""Read and write GGUF checkpoints (the optional ``gguf`` extra: ``pip install seedvr2-blockswap[gguf]``).
+"""Read GGUF checkpoints (standard library only) and write them (the optional ``gguf`` package).
 
-Reading: the ``gguf`` package parses the header (its reader memory-maps the file but only the
-header pages are touched, and the reader is dropped at once). Each tensor is then mapped on its own
-(``numpy.memmap``, copy-on-write) and wrapped as a torch tensor with no copy, so a loaded model's
-weights stay file-backed until used, and a tensor whose last user lets go (block swap packing it into
-its host master, or a move to the GPU) unmaps its pages: peak host RAM stays near one copy of the
-file. Quantized tensors are returned as their raw bytes (``uint8 [rows..., row_bytes]``) with their
-``GGMLType``; F32/F16/BF16 tensors as ordinary float tensors.
+Reading needs nothing beyond torch: ``gguf_reader`` parses the header, and tensor data is
+memory-mapped (``mmap``, copy-on-write) and wrapped as torch tensors with no copy, so a loaded
+model's weights stay file-backed until used. Mappings are made per *region* of consecutive tensors
+(at most ``REGION_BYTES``, or one larger tensor), not per tensor: a region is unmapped once its
+last tensor is dropped (block swap packing a block into its host master, or a move to the GPU),
+so peak host RAM stays near one copy of the file; and the number of mappings (on Linux each holds
+a file descriptor before Python 3.13) stays near ``MAX_REGIONS`` for any file, where one per
+tensor would run a 7B file (1128 tensors) into the usual limit of 1024 open files. Quantized
+tensors are returned as their raw bytes (``uint8 [rows..., row_bytes]``) with their ``GGMLType``;
+F32/F16/BF16 tensors as float tensors.
 
 Conventions of the published SeedVR2 GGUF files (cmeka / AInVFX, city96 tooling; see
 shared/guides/checkpoints.md 4.4): tensor names are the official state-dict keys, possibly under
@@ -15,29 +18,34 @@ an INT32 array ``comfy.gguf.orig_shape.<name>`` overrides a tensor's logical sha
 ``general.architecture`` is ``seedvr`` but any value is accepted (the model is recognised from the
 tensor names and shapes, as for safetensors).
 
-Writing (``GGUFOut``) streams tensors one at a time: the tensor infos go first, then each tensor's
-bytes as it is produced, so converting a 16 GB checkpoint needs one tensor in RAM, not the model.
+Writing (``GGUFOut``, the converter) uses the ``gguf`` package (``pip install
+seedvr2-blockswap[gguf]``) and streams tensors one at a time: the tensor infos go first, then each
+tensor's bytes as it is produced, so converting a 16 GB checkpoint needs one tensor in RAM.
 """
 from __future__ import annotations
 
+import math
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import GGUF_EXTRA_HINT as EXTRA_HINT
 from .ggml import BY_ID, GGML_TYPES, GGMLType, row_bytes
+from .gguf_reader import GGML_TYPE_NAMES, GGUFFormatError, parse_gguf
 
 __all__ = ["GGUFTensorInfo", "require_gguf", "read_gguf_header", "read_gguf_tensors", "GGUFOut", "ORIG_SHAPE_KEY"]
 
 ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."
+REGION_BYTES = 64 << 20  # one mapping spans consecutive tensors up to this size (or one larger tensor)
+MAX_REGIONS = 128  # for files over 8 GiB the region grows to file size / 128
 
 
 class GGUFMissingError(ImportError):
-    """The optional ``gguf`` package is not installed."""
+    """The optional ``gguf`` package (needed for writing) is not installed."""
 
 
 def require_gguf() -> Any:
@@ -75,87 +83,84 @@ class GGUFTensorInfo:
 def read_gguf_header(path: str | os.PathLike) -> tuple[dict[str, GGUFTensorInfo], dict[str, Any]]:
     """``({name: info}, {metadata key: value})`` of a GGUF file; no tensor data is read.
 
-    Raises ``ValueError`` naming the file and tensor for anything this loader cannot use (an unknown
-    tensor type, a shape that is not whole blocks, data past the end of the file).
+    Raises ``ValueError`` naming the file and tensor for anything this loader cannot use (a damaged
+    header, an unknown tensor type, a shape that is not whole blocks, data past the end of the file).
     """
-    gguf = require_gguf()
     path = Path(path)
     size = path.stat().st_size
     try:
-        reader = gguf.GGUFReader(path, "r")
-    except Exception as exc:  # noqa: BLE001 - the reader raises bare ValueError/struct errors on bad files
-        raise ValueError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc}); "
-                         "the file is damaged or truncated, download it again") from None
-    try:
-        metadata: dict[str, Any] = {}
-        for key, field in reader.fields.items():
-            if key.startswith("GGUF."):
-                continue
-            try:
-                metadata[key] = field.contents()
-            except Exception:  # noqa: BLE001 - a value we cannot decode is not one we use
-                continue
-        infos: dict[str, GGUFTensorInfo] = {}
-        for index, t in enumerate(reader.tensors):
-            # Messages say "tensor #i", never the name: the file may be anything (not ours) at this point.
-            which = f"tensor #{index + 1} of {len(reader.tensors)}"
-            qtype = BY_ID.get(int(t.tensor_type))
-            if qtype is None:
-                supported = ", ".join(GGML_TYPES)
-                raise ValueError(f"{path}: {which} has GGML type {t.tensor_type.name}, which this loader "
-                                 f"does not support (supported: {supported})")
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            override = metadata.get(ORIG_SHAPE_KEY + t.name)
-            if override is not None:
-                orig = tuple(int(d) for d in override)
-                if int(np.prod(orig)) != int(np.prod(shape)):
-                    raise ValueError(f"{path}: {which}: its {ORIG_SHAPE_KEY}* shape {list(orig)} does not hold "
-                                     f"the {int(np.prod(shape))} stored values; the file is damaged")
-                if qtype.quantized and orig[-1] != shape[-1]:
-                    raise ValueError(f"{path}: {which}: a quantized tensor's rows cannot be reshaped "
-                                     f"({list(shape)} -> {list(orig)})")
-                shape = orig
-            try:
-                expected = (int(np.prod(shape[:-1])) if len(shape) > 1 else 1) * row_bytes(qtype, shape[-1] if shape else 1)
-            except ValueError as exc:
-                raise ValueError(f"{path}: {which} {list(shape)}: {exc}") from None
-            if expected != int(t.n_bytes):
-                raise ValueError(f"{path}: {which} ({qtype.name}, {list(shape)}) should take {expected} bytes, "
-                                 f"the file says {int(t.n_bytes)}; the file is damaged")
-            if int(t.data_offset) + expected > size:
-                raise ValueError(f"{path}: {which} ends past the end of the file ({size} bytes): the file is "
-                                 "truncated (interrupted download?); download it again")
-            infos[t.name] = GGUFTensorInfo(t.name, shape, qtype, int(t.data_offset), expected)
-    finally:
-        # Drop the whole-file mapping now: only the header pages were touched.
-        mm = getattr(reader.data, "_mmap", None)
-        del reader
-        if mm is not None:
-            try:
-                mm.close()
-            except (BufferError, ValueError):
-                pass
+        metadata, raw_infos = parse_gguf(path)
+    except GGUFFormatError as exc:
+        raise ValueError(f"{path}: not a readable GGUF file ({exc}); if it is a download, download it again") from None
+    infos: dict[str, GGUFTensorInfo] = {}
+    for index, t in enumerate(raw_infos):
+        # Messages say "tensor #i", never the name: the file may be anything (not ours) at this point.
+        which = f"tensor #{index + 1} of {len(raw_infos)}"
+        qtype = BY_ID.get(t.type_id)
+        if qtype is None:
+            supported = ", ".join(GGML_TYPES)
+            type_name = GGML_TYPE_NAMES.get(t.type_id, f"#{t.type_id} (unknown)")
+            raise ValueError(f"{path}: {which} has GGML type {type_name}, which this loader "
+                             f"does not support (supported: {supported})")
+        shape = tuple(reversed(t.dims))
+        override = metadata.get(ORIG_SHAPE_KEY + t.name)
+        if override is not None:
+            if not isinstance(override, list) or not all(type(d) is int and d >= 0 for d in override):
+                raise ValueError(f"{path}: {which}: its {ORIG_SHAPE_KEY}* entry is not a list of sizes; "
+                                 "the file is damaged")
+            orig = tuple(override)
+            if math.prod(orig) != math.prod(shape):
+                raise ValueError(f"{path}: {which}: its {ORIG_SHAPE_KEY}* shape {list(orig)} does not hold "
+                                 f"the {math.prod(shape)} stored values; the file is damaged")
+            if qtype.quantized and (not orig or orig[-1] != shape[-1]):
+                raise ValueError(f"{path}: {which}: a quantized tensor's rows cannot be reshaped "
+                                 f"({list(shape)} -> {list(orig)})")
+            shape = orig
+        try:
+            expected = math.prod(shape[:-1]) * row_bytes(qtype, shape[-1] if shape else 1)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {which} {list(shape)}: {exc}") from None
+        if t.offset + expected > size:
+            raise ValueError(f"{path}: {which} ends past the end of the file ({size} bytes): the file is "
+                             "truncated (interrupted download?); download it again")
+        infos[t.name] = GGUFTensorInfo(t.name, shape, qtype, t.offset, expected)
     return infos, metadata
 
 
 def read_gguf_tensors(path: str | os.PathLike, infos: dict[str, GGUFTensorInfo], names: list[str] | None = None
                       ) -> dict[str, torch.Tensor]:
     """File-backed CPU tensors for ``names`` (all by default): float tensors for F32/F16/BF16, the raw
-    bytes (``uint8 [rows..., row_bytes]``) for quantized types. Each tensor maps its own pages
-    (copy-on-write), so nothing is read until used and dropping a tensor unmaps it."""
+    bytes (``uint8 [rows..., row_bytes]``) for quantized types. Tensors are mapped copy-on-write in
+    regions of consecutive tensors (module docstring), so nothing is read until used and dropping
+    the tensors of a region unmaps it."""
     path = Path(path)
-    out: dict[str, torch.Tensor] = {}
-    for name in (names if names is not None else list(infos)):
-        info = infos[name]
-        if info.nbytes == 0:
-            out[name] = torch.empty(info.shape, dtype=info.torch_dtype)
-            continue
-        raw = np.memmap(path, dtype=np.uint8, mode="c", offset=info.offset, shape=(info.nbytes,))
-        tensor = torch.from_numpy(raw)
-        if info.torch_dtype != torch.uint8:
-            tensor = tensor.view(info.torch_dtype)
-        out[name] = tensor.view(info.byte_shape if info.qtype.quantized else info.shape)
+    wanted = [infos[name] for name in (names if names is not None else list(infos))]
+    out = {info.name: torch.empty(info.shape, dtype=info.torch_dtype) for info in wanted if info.nbytes == 0}
+    limit = max(REGION_BYTES, path.stat().st_size // MAX_REGIONS)
+    with open(path, "rb") as f:
+        for region in _regions(sorted((i for i in wanted if i.nbytes), key=lambda i: i.offset), limit):
+            start = region[0].offset - region[0].offset % mmap.ALLOCATIONGRANULARITY
+            end = max(i.offset + i.nbytes for i in region)
+            mapped = mmap.mmap(f.fileno(), end - start, offset=start, access=mmap.ACCESS_COPY)
+            for info in region:  # each tensor keeps the mapping alive; the last one dropped unmaps it
+                tensor = torch.frombuffer(mapped, dtype=torch.uint8, count=info.nbytes, offset=info.offset - start)
+                if info.torch_dtype != torch.uint8:
+                    tensor = tensor.view(info.torch_dtype)
+                out[info.name] = tensor.view(info.byte_shape if info.qtype.quantized else info.shape)
+            del mapped
     return out
+
+
+def _regions(ordered: list[GGUFTensorInfo], limit: int) -> list[list[GGUFTensorInfo]]:
+    """Split tensors (in file order) into runs whose byte span stays within ``limit`` (a larger
+    tensor is a run of its own)."""
+    regions: list[list[GGUFTensorInfo]] = []
+    for info in ordered:
+        if regions and info.offset + info.nbytes - regions[-1][0].offset <= limit:
+            regions[-1].append(info)
+        else:
+            regions.append([info])
+    return regions
 
 
 class GGUFOut:
@@ -179,7 +184,9 @@ class GGUFOut:
 
     def add(self, name: str, shape: tuple[int, ...], qtype: GGMLType) -> None:
         """Declare tensor ``name`` of logical ``shape`` stored as ``qtype``."""
-        nbytes = (int(np.prod(shape[:-1])) if len(shape) > 1 else 1) * row_bytes(qtype, shape[-1])
+        import numpy as np  # the gguf package's own dependency
+
+        nbytes = math.prod(shape[:-1]) * row_bytes(qtype, shape[-1])
         if qtype.name in ("F32", "F16"):
             self._writer.add_tensor_info(name, list(shape), np.dtype(np.float32 if qtype.name == "F32" else np.float16),
                                          nbytes)

@@ -1,0 +1,223 @@
+"""Our GGUF reader (standard library, no `gguf` package) against the `gguf` package's reader, on
+files the `gguf` package writes: every tensor type, every metadata value type. Plus what the
+reference does not check: hostile headers are refused by name without large allocations, GGUF
+DiTs load with neither `gguf` nor numpy importable, and the tensor mappings are few and released.
+"""
+from __future__ import annotations
+
+import gc
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seedvr2.checkpoint import CheckpointError
+from seedvr2.quant.ggml import GGML_TYPES
+from seedvr2.quant.gguf_file import read_gguf_header, read_gguf_tensors
+from seedvr2.quant.gguf_reader import GGML_TYPE_NAMES, GGUFFormatError, parse_gguf
+
+gguf = pytest.importorskip("gguf", reason="the optional 'gguf' package is the reference for these tests")
+np = pytest.importorskip("numpy")
+REPO = Path(__file__).resolve().parents[1]
+
+METADATA = {  # one entry of each GGUF value type, arrays included
+    "t.u8": ("uint8", 200), "t.i8": ("int8", -100), "t.u16": ("uint16", 60000), "t.i16": ("int16", -30000),
+    "t.u32": ("uint32", 4_000_000_000), "t.i32": ("int32", -2_000_000_000), "t.f32": ("float32", 1.5),
+    "t.bool": ("bool", True), "t.str": ("string", "héllo"), "t.u64": ("uint64", 2**63 + 5),
+    "t.i64": ("int64", -(2**62)), "t.f64": ("float64", 0.1),
+}
+
+
+def _write_reference_file(path: Path, seed: int = 0) -> None:
+    """Tensors of all 13 types (1-D, 2-D and 3-D, random bytes) and metadata of every value type."""
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(path, "anything")
+    for key, (kind, value) in METADATA.items():
+        getattr(writer, f"add_{kind}")(key, value)
+    writer.add_array("t.arr_i32", [3, -1, 7])
+    writer.add_array("t.arr_f32", [0.5, 2.0])
+    writer.add_array("t.arr_str", ["a", "bc", ""])
+    writer.add_array("comfy.gguf.orig_shape.flat", [4, 8])
+    for name, qtype in GGML_TYPES.items():
+        ref_type = gguf.GGMLQuantizationType[name]
+        for dims, rows in (("1d", ()), ("2d", (3,)), ("3d", (2, 5))):
+            blocks = 2 if qtype.quantized else 64
+            raw = rng.integers(0, 256, size=(*rows, blocks * qtype.type_size), dtype=np.uint8)
+            if name == "F32":
+                writer.add_tensor(f"{name}.{dims}", raw.view(np.float32))
+            elif name == "F16":
+                writer.add_tensor(f"{name}.{dims}", raw.view(np.float16))
+            else:
+                writer.add_tensor(f"{name}.{dims}", raw, raw_dtype=ref_type)
+    writer.add_tensor("flat", np.arange(32, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def reference_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf_reader") / "all_types.gguf"
+    _write_reference_file(path)
+    return path
+
+
+def test_the_header_is_what_the_gguf_package_reads(reference_file):
+    metadata, raw = parse_gguf(reference_file)
+    reader = gguf.GGUFReader(reference_file, "r")
+    expected = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert metadata.keys() == expected.keys()
+    for key, value in expected.items():
+        assert metadata[key] == value and not isinstance(metadata[key], np.generic), (key, metadata[key], value)
+    assert [t.name for t in raw] == [t.name for t in reader.tensors]
+    for ours, ref in zip(raw, reader.tensors):
+        assert ours.dims == tuple(int(d) for d in ref.shape), ours.name
+        assert ours.type_id == int(ref.tensor_type) and ours.offset == int(ref.data_offset), ours.name
+    assert len({GGML_TYPES[t.name.split(".")[0]].type_id for t in raw if t.name != "flat"}) == 13
+
+
+def test_every_tensor_of_every_type_reads_the_same_bytes(reference_file):
+    infos, metadata = read_gguf_header(reference_file)
+    tensors = read_gguf_tensors(reference_file, infos)
+    reader = gguf.GGUFReader(reference_file, "r")
+    assert len(reader.tensors) == len(tensors) == 3 * 13 + 1
+    for ref in reader.tensors:
+        info, ours = infos[ref.name], tensors[ref.name]
+        assert info.qtype.type_id == int(ref.tensor_type) and info.nbytes == int(ref.n_bytes), ref.name
+        assert ours.contiguous().view(torch.uint8).numpy().tobytes() == np.asarray(ref.data).tobytes(), ref.name
+        if info.qtype.quantized:
+            assert ours.dtype == torch.uint8 and ours.shape[:-1] == tuple(int(d) for d in reversed(ref.shape))[:-1]
+        elif ref.name != "flat":
+            assert ours.dtype == info.torch_dtype and tuple(ours.shape) == tuple(int(d) for d in reversed(ref.shape))
+    assert tuple(tensors["flat"].shape) == (4, 8)  # comfy.gguf.orig_shape.* restores the logical shape
+
+
+def test_type_names_of_unsupported_types_are_the_gguf_packages():
+    for type_id, name in GGML_TYPE_NAMES.items():
+        assert gguf.GGMLQuantizationType(type_id).name == name
+    for qtype in GGML_TYPES.values():
+        assert GGML_TYPE_NAMES[qtype.type_id] == qtype.name
+
+
+def test_a_gguf_dit_loads_and_runs_without_the_gguf_package_or_numpy(golden_dir, tmp_path):
+    from seedvr2.convert import convert
+
+    path = tmp_path / "tiny7b-Q8_0.gguf"
+    convert(golden_dir / "dit7b_tiny_weights.safetensors", path, "q8_0")
+    code = ("import sys; sys.modules['gguf'] = None; sys.modules['numpy'] = None\n"
+            "import torch; from safetensors.torch import load_file; from seedvr2.dit import load_dit\n"
+            "from seedvr2.quant.linear import QuantLinear\n"
+            f"io = load_file({str(golden_dir / 'dit7b_tiny_io.safetensors')!r})\n"
+            f"model = load_dit({str(path)!r}, compute_dtype=torch.float32)\n"
+            "assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 32\n"
+            "with torch.no_grad(): out = model(*(io[k] for k in ('vid', 'txt', 'vid_shape', 'txt_shape', 'timestep')))\n"
+            "ref = io['out_fp32']\n"
+            "print(float((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert float(run.stdout.strip()) < 0.02
+
+
+def test_mappings_are_few_and_dropped_with_their_tensors(tmp_path):
+    """Per-tensor mappings would hold one file descriptor each (Python < 3.13) and run a 7B file
+    (1128 tensors) into the usual limit of 1024 open files: a run with a limit of 64 must load 300."""
+    path = tmp_path / "many.gguf"
+    writer = gguf.GGUFWriter(path, "x")
+    for i in range(300):
+        writer.add_tensor(f"t{i}", np.full((4, 8), i, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+            "from seedvr2.quant.gguf_file import read_gguf_header, read_gguf_tensors\n"
+            f"infos, _ = read_gguf_header({str(path)!r}); t = read_gguf_tensors({str(path)!r}, infos)\n"
+            "assert all(float(t[f't{i}'].sum()) == 32 * i for i in range(300)); print(len(t))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.returncode == 0 and run.stdout.strip() == "300", run.stderr[-2000:]
+    if not Path("/proc/self/maps").exists():
+        return
+    infos, _ = read_gguf_header(path)
+    tensors = read_gguf_tensors(path, infos)
+    assert 1 <= _mappings_of(path) <= 2  # one region (the first page may be split off by alignment)
+    tensors["t5"].add_(1)  # copy-on-write: the file is untouched
+    assert float(read_gguf_tensors(path, infos, ["t5"])["t5"].sum()) == 32 * 5
+    kept = tensors["t7"]
+    del tensors
+    gc.collect()
+    assert _mappings_of(path) >= 1 and float(kept.sum()) == 32 * 7  # one tensor keeps its region
+    del kept
+    gc.collect()
+    assert _mappings_of(path) == 0
+
+
+def _mappings_of(path: Path) -> int:
+    target = str(path.resolve())
+    return sum(line.rstrip("\n").endswith(target) for line in open("/proc/self/maps"))
+
+
+# ------------------------------------------------------------------------------------------
+# Hostile or damaged headers: refused by name, quickly, without allocating what they declare
+# ------------------------------------------------------------------------------------------
+
+def _s(text: str) -> bytes:
+    return struct.pack("<Q", len(text.encode())) + text.encode()
+
+
+def _header(n_tensors: int, kvs: bytes = b"", n_kv: int = 0, version: int = 3) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv) + kvs
+
+
+def _tensor(name: str, dims: tuple[int, ...], type_id: int = 0, offset: int = 0) -> bytes:
+    return _s(name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, type_id, offset)
+
+
+HOSTILE = {
+    "not gguf": (b"PK\x03\x04" + b"\0" * 60, "does not start with 'GGUF'"),
+    "version 1": (_header(0, version=1) + b"\0" * 32, "GGUF version 1 is not supported"),
+    "big-endian": (b"GGUF" + struct.pack(">IQQ", 3, 0, 0) + b"\0" * 32, "big-endian"),
+    "2^60 tensors": (_header(2**60) + b"\0" * 64, "at most 65536 each"),
+    "more tensors than bytes": (_header(1000) + b"\0" * 64, "more than the file can hold"),
+    "huge string": (_header(0, struct.pack("<Q", 2**62) + b"k", 1) + b"\0" * 64, "more than the file can hold"),
+    "huge array": (_header(0, _s("k") + struct.pack("<IIQ", 9, 5, 2**61), 1) + b"\0" * 64,
+                   "more than the file can hold"),
+    "deep arrays": (_header(0, _s("k") + struct.pack("<IIQIQIQ", 9, 9, 1, 9, 1, 9, 1), 1) + b"\0" * 64,
+                    "nested more than 2 deep"),
+    "bad value type": (_header(0, _s("k") + struct.pack("<I", 99), 1) + b"\0" * 64, "unknown metadata value type 99"),
+    "bad utf-8": (_header(0, struct.pack("<Q", 2) + b"\xff\xfe" + struct.pack("<IB", 0, 1), 1) + b"\0" * 64,
+                  "not valid UTF-8"),
+    "duplicate key": (_header(0, (_s("k") + struct.pack("<IB", 0, 1)) * 2, 2) + b"\0" * 64, "appears twice"),
+    "five dims": (_header(1) + _tensor("w", (1, 1, 1, 1, 1)) + b"\0" * 64, "5 dimensions"),
+    "zero dims": (_header(1) + _tensor("w", ()) + b"\0" * 64, "0 dimensions"),
+    "duplicate tensor": (_header(2) + _tensor("w", (8,)) + _tensor("w", (8,), offset=32) + b"\0" * 128,
+                         "repeats an earlier tensor's name"),
+    "misaligned": (_header(1) + _tensor("w", (8,), offset=4) + b"\0" * 64, "not aligned to 32 bytes"),
+    "bad alignment": (_header(1, _s("general.alignment") + struct.pack("<II", 4, 3), 1) + _tensor("w", (1,))
+                      + b"\0" * 64, "must be a power of two"),
+    "truncated header": (_header(1) + _tensor("w", (8,))[:-6], "past the end of the file"),
+    "data past the end": (_header(1) + _tensor("w", (2**40,)) + b"\0" * 64, "ends past the end of the file"),
+    "huge dims": (_header(1) + _tensor("w", (2**63, 2**63)) + b"\0" * 64, "ends past the end of the file"),
+    "unknown type": (_header(1) + _tensor("w", (8,), type_id=77) + b"\0" * 64, "GGML type #77 (unknown)"),
+    "partial block": (_header(1) + _tensor("w", (20,), type_id=8) + b"\0" * 64, "not a whole number of 32-value"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_headers_are_refused_by_name(tmp_path, case):
+    from seedvr2.dit import load_dit
+
+    data, reason = HOSTILE[case]
+    path = tmp_path / "hostile.gguf"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError) as refused:
+        load_dit(path)
+    text = str(refused.value)
+    assert text.startswith(str(path)) and reason in text, text
+
+
+def test_format_errors_are_value_errors_for_the_callers():
+    assert issubclass(GGUFFormatError, ValueError)
