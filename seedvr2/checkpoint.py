@@ -67,7 +67,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple[torch.dtype, t
     """Return ``({name: (dtype, shape)}, metadata)`` of a ``.safetensors`` or ``.pth`` checkpoint.
 
     For safetensors only the JSON header is read. A ``.pth`` is opened memory-mapped (no tensor data
-    is read) and has no metadata (``{}``). A ``.gguf`` (optional ``gguf`` extra) reports logical
+    is read) and has no metadata (``{}``). A ``.gguf`` (read without the ``gguf`` package) reports logical
     PyTorch-order shapes, dtype uint8 for quantized tensors, ``metadata[GGUF_FORMAT_KEY] == "gguf"``,
     the file's scalar metadata, and ``metadata[GGUF_TYPE_KEY + name]`` = the GGML type name
     (``"Q4_K"``, ...) of each quantized tensor.
@@ -325,16 +325,11 @@ def _is_gguf(path: Path) -> bool:
 
 
 def _gguf_header(path: Path):
-    """``read_gguf_header`` with its errors turned into ``CheckpointError`` (missing extra included)."""
-    try:
-        from .quant.gguf_file import GGUFMissingError, read_gguf_header
-    except ImportError as exc:  # numpy (which the gguf package brings) is missing
-        from .quant import GGUF_EXTRA_HINT
-        raise CheckpointError(f"{path}: {GGUF_EXTRA_HINT} ({exc})") from None
+    """``read_gguf_header`` with its errors turned into ``CheckpointError`` (reading needs no extra)."""
+    from .quant.gguf_file import read_gguf_header
+
     try:
         return read_gguf_header(path)
-    except GGUFMissingError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
 

@@ -172,10 +172,13 @@ def test_block_swap_with_deferred_copies_never_reads_a_master(q8_file, golden7b)
     handle.remove()
 
 
-def test_missing_gguf_package_names_the_extra(q8_file, monkeypatch):
+def test_without_the_gguf_package_gguf_files_load_and_writing_one_names_the_extra(q8_file, golden7b, tmp_path,
+                                                                                  monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)
-    with pytest.raises(CheckpointError, match=r"tiny7b-Q8_0.gguf: .*pip install 'seedvr2-blockswap\[gguf\]'"):
-        load_dit(q8_file)
+    assert any(isinstance(m, QuantLinear) for m in load_dit(q8_file).modules())
+    with pytest.raises(ImportError, match=r"writing .gguf files needs .*pip install 'seedvr2-blockswap\[gguf\]'"):
+        convert(golden7b[0], tmp_path / "out.gguf", "q8_0")
+    assert not list(tmp_path.iterdir())
 
 
 def test_truncated_gguf_is_refused_by_name(q8_file, tmp_path):

@@ -1,7 +1,8 @@
 """Quantized SeedVR2 weights: GGML/GGUF and ComfyUI formats, kept compressed and expanded per layer.
 
 * ``ggml``: the GGML block types (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K) in torch;
-* ``gguf_file``: memory-mapped GGUF reading and streamed writing (optional ``gguf`` extra);
+* ``gguf_reader``, ``gguf_file``: GGUF reading (standard library, memory-mapped) and streamed
+  writing (optional ``gguf`` extra);
 * ``comfy``: ComfyUI's fp8 (scaled), int8 (+ConvRot), mxfp8 and nvfp4 single-file formats;
 * ``linear``: ``QuantLinear`` (compressed buffers, per-call expansion) and the swap-in;
 * ``plan``: which layers of a checkpoint are quantized, from its header;
@@ -9,7 +10,7 @@
 
 Nothing here imports ``gguf`` or ``comfy_kitchen`` at import time.
 """
-GGUF_EXTRA_HINT = ("reading and writing .gguf files needs the optional 'gguf' package: "
+GGUF_EXTRA_HINT = ("writing .gguf files needs the optional 'gguf' package (reading does not): "
                    "pip install 'seedvr2-blockswap[gguf]' (or: pip install gguf)")
 
 from .ggml import GGML_TYPES  # noqa: E402, GGMLType, dequantize
