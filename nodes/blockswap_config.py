@@ -47,7 +47,9 @@ class BlockSwapConfigNode(io.ComfyNode):
                     "blocks_to_swap", default=_DEFAULTS.blocks_to_swap, min=0, max=36,
                     tooltip=(
                         "mode manual only: transformer blocks kept in RAM and streamed in for each use (0 = "
-                        "none, all load to the GPU on first use). 3B has 32 blocks (~6.8 GB fp16), 7B has 36 (~16.5 GB fp16). "
+                        "none, all load to the GPU on first use). 3B has 32 blocks (~6.8 GB fp16), 7B has 36 (~16.5 GB "
+                        "fp16), the 1.4B distilled has 6 (~2.9 GB fp16); a number above the loaded model's count swaps "
+                        "all its blocks (logged). GGUF and other quantized files stream their blocks compressed. "
                         "Rough guide for the DiT alone: 3B on 8 GB: 20-32, 12 GB: 8-16, 16 GB+: 0. "
                         "7B on 8-12 GB: 36, 16 GB: 20-28, 24 GB: 8-16. Higher = less VRAM, more PCIe traffic."),
                 ),

@@ -76,11 +76,12 @@ class LoadDiTNode(io.ComfyNode):
             node_id=f"{NODE_PREFIX}LoadDiT",
             display_name="SeedVR2 Load DiT (BlockSwap)",
             category=CATEGORY,
-            description=("Loads the SeedVR2 3B or 7B diffusion transformer into system RAM. Nothing goes to the GPU "
+            description=("Loads the SeedVR2 diffusion transformer (3B, 7B, 7B sharp, 1.4B distilled; fp16/bf16/fp8, "
+                         "GGUF, or ComfyUI's int8/mxfp8/nvfp4 files, kept compressed) into system RAM. Nothing goes to the GPU "
                          "here: blocks move there when first used, and with a BlockSwap Config the swapped blocks "
                          "stream in for each use, so the model fits GPUs far smaller than it."),
             inputs=[
-                model_input("dit", DEFAULT_DIT, "DiT (seedvr2_ema_3b/7b ...)"),
+                model_input("dit", DEFAULT_DIT, "DiT (seedvr2_ema_3b/7b ..., .safetensors, .gguf or .pth)"),
                 io.Combo.Input("device", options=device_options(), default="auto",
                                tooltip="GPU to run on (auto: ComfyUI's device). The VAE runs on the same device."),
                 io.Combo.Input("dtype", options=DTYPE_OPTIONS, default="auto", tooltip=DTYPE_TOOLTIP),

@@ -111,6 +111,21 @@ def test_new_widgets_come_last_so_saved_workflows_keep_their_values(pack):
     assert modes.default == "auto" and modes.tooltip
 
 
+def test_blocks_to_swap_tooltip_gives_each_models_block_count(pack):
+    """3B 32, 7B 36 (the presets), 1.4B distilled 6 (counted from its file in tests/test_distill.py)."""
+    from seedvr2.dit.config import PRESETS  # noqa: PLC0415
+
+    from test_distill import DISTILL_BLOCKS  # noqa: PLC0415
+
+    widget = {w.name: w for w in pack.blockswap_config.BlockSwapConfigNode.define_schema().inputs}["blocks_to_swap"]
+    text = " ".join(widget.tooltip.split())
+    for phrase in (f"3B has {PRESETS['3b'].num_layers} blocks", f"7B has {PRESETS['7b'].num_layers} (",
+                   f"1.4B distilled has {DISTILL_BLOCKS} ("):
+        assert phrase in text, (phrase, text)
+    assert "swaps all its blocks" in text
+    assert widget.max == max(PRESETS["3b"].num_layers, PRESETS["7b"].num_layers)
+
+
 def test_vae_tile_mode(pack):
     tiling = pack.loaders.vae_tiling
     assert tiling("auto", 512, 64, 4).tile_size == "auto"
