@@ -168,3 +168,26 @@ def test_the_readme_table_gives_each_files_registry_size_and_url():
         row = next((line for line in readme.splitlines() if line.startswith(f"| `{name}` |")), None)
         assert row is not None, f"README's model-file table has no row for {name}"
         assert f"{entry.size:,} bytes" in row and entry.url in row, row
+
+
+def test_the_readme_lists_every_downloadable_dit_with_its_registry_size_and_source():
+    """README's DiT table and the registry stay one list: exact bytes where known, else the rounded
+    published size marked "hash only" (never a made-up exact count)."""
+    import re  # noqa: PLC0415
+
+    from seedvr2.models import MODEL_FILES  # noqa: PLC0415
+    from seedvr2.models.registry import rounded_gb  # noqa: PLC0415
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {m.group(1): line for line in readme.splitlines() if (m := re.match(r"\| `([^`]+)` \| ", line))}
+    dits = [m for m in MODEL_FILES if m.kind == "dit"]
+    for entry in dits:
+        row = rows.get(entry.name)
+        assert row is not None, f"README lists no row for {entry.name}"
+        assert f"`{entry.repo}`" in row, row
+        if entry.size is not None:
+            assert f"| {entry.size:,} |" in row, row
+        else:
+            assert f"| ≈{rounded_gb(entry.approx_size)} (hash only) |" in row, row
+    listed = {name for name, row in rows.items() if row.count("|") == 5 and name.endswith((".safetensors", ".gguf", ".pth"))}
+    assert listed - {m.name for m in MODEL_FILES} == set(), "README lists a DiT the registry does not know"

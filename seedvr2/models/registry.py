@@ -51,12 +51,17 @@ class ModelFile:
         if self.size is not None:
             return f"{self.size:,} bytes, {readable_size(self.size)}"
         if self.approx_size is not None:
-            return f"size not published exactly, about {self.approx_size / 1e9:.1f} GB"
+            return f"size not published exactly, about {rounded_gb(self.approx_size)}"
         return "size not published"
 
 
 def readable_size(size: int) -> str:
     return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+def rounded_gb(size: int) -> str:
+    """A rounded size as sources publish it: "2 GB", "3.66 GB", "8.6 GB"."""
+    return f"{size / 1e9:.2f}".rstrip("0").rstrip(".") + " GB"
 
 
 def _plain(name: str, kind: Kind, repo: str, size: int, sha256: str, note: str = "", revision: str | None = None) -> ModelFile:
