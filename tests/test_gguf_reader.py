@@ -201,6 +201,8 @@ HOSTILE = {
     "truncated header": (_header(1) + _tensor("w", (8,))[:-6], "past the end of the file"),
     "data past the end": (_header(1) + _tensor("w", (2**40,)) + b"\0" * 64, "ends past the end of the file"),
     "huge dims": (_header(1) + _tensor("w", (2**63, 2**63)) + b"\0" * 64, "ends past the end of the file"),
+    "2 MiB string": (_header(0, _s("k") + struct.pack("<I", 8) + _s("x" * (2 << 20)), 1) + b"\0" * 64,
+                     "(at most 1048576 are read)"),
     "unknown type": (_header(1) + _tensor("w", (8,), type_id=77) + b"\0" * 64, "GGML type #77 (unknown)"),
     "partial block": (_header(1) + _tensor("w", (20,), type_id=8) + b"\0" * 64, "not a whole number of 32-value"),
 }
@@ -217,6 +219,18 @@ def test_hostile_headers_are_refused_by_name(tmp_path, case):
         load_dit(path)
     text = str(refused.value)
     assert text.startswith(str(path)) and reason in text, text
+
+
+def test_long_arrays_are_stepped_over_not_kept(tmp_path):
+    """Array values beyond MAX_KEPT_VALUES in all are skipped (their key left out), the rest kept."""
+    from seedvr2.quant.gguf_reader import MAX_KEPT_VALUES  # noqa: PLC0415
+
+    long = _s("long") + struct.pack("<IIQ", 9, 0, MAX_KEPT_VALUES + 1) + b"\1" * (MAX_KEPT_VALUES + 1)
+    strings = _s("words") + struct.pack("<IIQ", 9, 8, 2) + _s("a") + _s("b")
+    path = tmp_path / "long.gguf"
+    path.write_bytes(_header(1, long + strings, 2) + _tensor("w", (8,)) + b"\0" * 64)
+    metadata, infos = parse_gguf(path)
+    assert metadata == {"words": ["a", "b"]} and [i.name for i in infos] == ["w"]
 
 
 def test_format_errors_are_value_errors_for_the_callers():
