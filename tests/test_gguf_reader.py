@@ -233,5 +233,15 @@ def test_long_arrays_are_stepped_over_not_kept(tmp_path):
     assert metadata == {"words": ["a", "b"]} and [i.name for i in infos] == ["w"]
 
 
+def test_too_many_values_end_the_parse_quickly(tmp_path, monkeypatch):
+    import seedvr2.quant.gguf_reader as reader  # noqa: PLC0415
+
+    monkeypatch.setattr(reader, "MAX_VALUES", 1000)
+    path = tmp_path / "words.gguf"
+    path.write_bytes(_header(0, _s("words") + struct.pack("<IIQ", 9, 8, 5000) + _s("a") * 5000, 1) + b"\0" * 64)
+    with pytest.raises(GGUFFormatError, match="over 1000 metadata values"):
+        parse_gguf(path)
+
+
 def test_format_errors_are_value_errors_for_the_callers():
     assert issubclass(GGUFFormatError, ValueError)

@@ -16,9 +16,9 @@ byte ranges and checks them against the types it can expand.
 Hostile files: every count and length is checked against the bytes left in the file *before*
 anything is allocated or read for it, so a crafted header cannot make the parser use more memory
 than the file's size; arrays nest at most ``MAX_NESTING`` deep; at most ``MAX_ENTRIES`` metadata entries and tensors,
-``MAX_STRING`` bytes per string; array elements beyond ``MAX_KEPT_VALUES`` in all are stepped over
-and their keys left out (nothing this loader uses is that long). Peak memory is thus bounded by
-those limits, whatever the counts a file declares.
+``MAX_STRING`` bytes per string, ``MAX_VALUES`` values parsed one by one; array elements beyond
+``MAX_KEPT_VALUES`` in all are stepped over and their keys left out (nothing this loader uses is
+that long). Memory and time are thus bounded by those limits, whatever the counts a file declares.
 Errors are ``GGUFFormatError`` (a ``ValueError``) with messages that never quote the file's own
 strings, since the file may be anything at this point.
 """
@@ -39,6 +39,7 @@ MAX_NESTING = 2
 MAX_KEPT_VALUES = 1 << 20  # array elements kept in all (more are stepped over, their keys left out)
 MAX_ENTRIES = 1 << 16  # metadata entries and tensors (a 7B SeedVR2 file has 1128 tensors)
 MAX_STRING = 1 << 20  # bytes of one name or string value
+MAX_VALUES = 1 << 24  # metadata values parsed one by one (strings, nested arrays), kept or not
 ALIGNMENT_KEY = "general.alignment"
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
@@ -70,6 +71,7 @@ class _Cursor:
     def __init__(self, f: BinaryIO, size: int):
         self.f, self.size, self.pos = f, size, 0
         self.budget = MAX_KEPT_VALUES  # array elements still to keep in memory
+        self.steps = MAX_VALUES  # values (kept or not) still to parse one by one
 
     def left(self) -> int:
         return self.size - self.pos
@@ -119,6 +121,9 @@ class _Cursor:
 
     def value(self, vtype: int, depth: int = 0, keep: bool = True) -> Any:
         """The next value of type ``vtype``; with ``keep`` False it is only stepped over."""
+        self.steps -= 1
+        if self.steps < 0:
+            raise GGUFFormatError(f"over {MAX_VALUES} metadata values: not a model file this loader reads")
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])[0] if keep else self.skip(struct.calcsize("<" + _SCALARS[vtype]))
         if vtype == _STRING:
