@@ -38,6 +38,7 @@ pixels, 16 output pixels.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -124,14 +125,27 @@ def plan_dit_tiles(latent_hw: tuple[int, int], max_tile_tokens: int | None, num_
         return whole
     rows = _axis_splits(grid[1], window[1], min_windows, overlap)
     cols = _axis_splits(grid[2], window[2], min_windows, overlap)
-    splits = [DiTTiles(grid, window, r, c) for r in rows for c in cols]
-    fitting = [s for s in splits if s.tile_tokens <= max_tile_tokens]
+    # (largest tile, tokens processed, tile count) of every rows x cols split, from per-axis sums
+    costs = [(_longest(r) * _longest(c), _total(r) * _total(c), len(r) * len(c), i, j)
+             for i, r in enumerate(rows) for j, c in enumerate(cols)]
+    fitting = [c for c in costs if c[0] <= max_tile_tokens]
     if fitting:
-        return min(fitting, key=lambda s: (s.tokens_processed, s.count))
-    return min(splits, key=lambda s: (s.tile_tokens, s.tokens_processed))
+        *_, i, j = min(fitting, key=lambda c: (c[1], c[2]))
+    else:
+        *_, i, j = min(costs, key=lambda c: (c[0], c[1]))
+    return DiTTiles(grid, window, rows[i], cols[j])
 
 
-def _axis_splits(n: int, step: int, min_windows: int, overlap: int) -> list[tuple[Span, ...]]:
+def _longest(spans: tuple[Span, ...]) -> int:
+    return max(s.stop - s.start for s in spans)
+
+
+def _total(spans: tuple[Span, ...]) -> int:
+    return sum(s.stop - s.start for s in spans)
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_splits(n: int, step: int, min_windows: int, overlap: int) -> tuple[tuple[Span, ...], ...]:
     """Every split of ``[0, n)`` tokens into k = 1, 2, ... tiles (see the module docstring): cores
     on window boundaries (multiples of ``step``), as equal as the windows allow; each tile after the
     first reaches ``overlap`` windows back into the previous core. Stops at the floor: tiles of
@@ -146,7 +160,7 @@ def _axis_splits(n: int, step: int, min_windows: int, overlap: int) -> list[tupl
         shared = overlap * step
         splits.append(tuple(Span(a - (shared if i else 0), b, shared if i else 0, shared if i < k - 1 else 0)
                             for i, (a, b) in enumerate(zip(edges, edges[1:]))))
-    return splits
+    return tuple(splits)
 
 
 def tile_weights(span: Span, window: int) -> torch.Tensor:
