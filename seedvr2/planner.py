@@ -339,6 +339,15 @@ def _dit_peak(m: _ModelTerms, shape: _Shape, swapped: int, k: int, tiles: DiTTil
     return m.arena_bytes(swapped, k) + _dit_activations(m, shape, tiles) + WORKSPACE_BYTES
 
 
+def _dit_tile_options(m: _ModelTerms, shape: _Shape) -> list[DiTTiles]:
+    """The tilings the plan may use: single latent frames only, and only tiles that lower the DiT
+    peak below the untiled one (the whole frame's pipeline tensors stay)."""
+    if shape.latent_frames != 1:
+        return []
+    untiled = _dit_activations(m, shape)
+    return [t for t in _dit_tile_candidates(m, shape) if _dit_activations(m, shape, t) < untiled]
+
+
 def _dit_tile_candidates(m: _ModelTerms, shape: _Shape) -> list[DiTTiles]:
     """DiT tilings of the batch, largest tile first, down to the floor: what `plan_dit_tiles`
     gives for tile budgets shrinking by `DIT_TILE_STEP` (each is exactly what `run_dit` rebuilds
@@ -418,7 +427,7 @@ def _plan(m: _ModelTerms, frames_shape: tuple[int, ...], settings: UpscaleSettin
         if _dit_peak(m, shape, s, m.prefetch) <= usable:
             swapped, k = s, m.prefetch
             break
-    tile_options = _dit_tile_candidates(m, shape) if shape.latent_frames == 1 else []
+    tile_options = _dit_tile_options(m, shape)
     if k == 1 and _dit_peak(m, shape, swapped, k) > usable and tile_options:
         tiles = next((t for t in tile_options if _dit_peak(m, shape, swapped, k, t) <= usable), tile_options[-1])
     dit = _dit_peak(m, shape, swapped, k, tiles)

@@ -199,3 +199,77 @@ def test_one_tile_is_the_untiled_call_and_tiles_are_deterministic(dit_io, refere
         assert torch.equal(_call(dit, txt, vid, (1, 180, 320), 5000), first)
     finally:
         hook.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: the memory plan picks DiT tiles for a small budget
+# ---------------------------------------------------------------------------------------------
+
+def standin_vae():
+    """The VAE of test_vae_tiling with spatially pointwise stand-in networks: exact under any
+    tiling and fast at megapixel sizes, so the DiT is the only thing tiles can change."""
+    from test_vae_tiling import LocalDecoder, LocalEncoder, _vae_with
+
+    return _vae_with(LocalEncoder(), LocalDecoder())
+
+
+def smooth_frame(height: int, width: int) -> torch.Tensor:
+    y = torch.arange(height, dtype=torch.float32)[:, None, None]
+    x = torch.arange(width, dtype=torch.float32)[None, :, None]
+    return (0.5 + 0.35 * torch.sin(0.3 * x + 0.2 * y + torch.arange(3) * 2.0))[None].contiguous()  # (1, H, W, 3)
+
+
+# An image upscaled to 2560x1440: a 180x320 latent grid, the smallest 16:9 frame the default floor
+# (5 windows per tile, 2 shared) splits. Two upscales of 3.7 Mpx on the CPU: ~5 s, the price of
+# running the real pipeline at a size where tiles exist.
+E2E_SETTINGS = dict(resolution=1440, batch_size=1, color_correction="none")
+
+
+def test_upscale_plans_dit_tiles_for_a_small_budget_and_stays_close_to_untiled(dit_io, monkeypatch, caplog):
+    from blockswap import BlockSwapConfig, apply_block_swap
+    from seedvr2 import planner
+    from seedvr2.pipeline import UpscaleModels, UpscaleSettings, VAETiling, upscale
+    from seedvr2.pipeline.fit import MemoryFit
+
+    dit, txt = dit_io
+    vae = standin_vae()
+    # The stand-in VAE needs next to no memory, and a CPU has no workspaces: plan the DiT alone.
+    monkeypatch.setattr(planner, "_vae_peak", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(planner, "WORKSPACE_BYTES", 0)
+    # At width 64 the tiny DiT's activations (~6 KB per token) are not far above the whole frame's
+    # pipeline tensors (~2 KB), so tiles hardly lower its peak; without the latter it is planned
+    # like a full-size DiT, whose activations are 66-78 KB per token.
+    monkeypatch.setattr(planner, "DIT_IO_BYTES_PER_TOKEN", 0)
+    monkeypatch.setattr(planner, "DIT_TILE_ACCUMULATOR_BYTES_PER_TOKEN", 0)
+    frames, settings = smooth_frame(90, 160), UpscaleSettings(**E2E_SETTINGS)
+    terms = planner._ModelTerms.read(dit, vae, 2, "spread")
+    shape = planner._shape(tuple(frames.shape), settings)
+    options = planner._dit_tile_options(terms, shape)
+    untiled_peak = planner._dit_peak(terms, shape, terms.num_blocks, 1)
+    budget = (planner._dit_peak(terms, shape, terms.num_blocks, 1, options[0]) + untiled_peak) // 2
+    assert budget < untiled_peak
+
+    handle = apply_block_swap(dit, BlockSwapConfig(blocks_to_swap="auto"), "cpu", allow_cpu_device=True)
+    calls = []
+    hook = dit.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[2][0].tolist())))
+    try:
+        def models(vram):
+            return UpscaleModels(dit, vae, txt, "cpu", dit_placement=handle, vae_tiling=VAETiling(tile_size="auto"),
+                                 memory=MemoryFit(vram_budget=vram, reserve_bytes=0, plan_on_cpu=True))
+
+        with caplog.at_level(logging.INFO, logger="seedvr2"):
+            tiled = upscale(frames, models(budget), settings)
+        assert f"4/4 blocks swapped, K=1, DiT in {options[0].describe()}, VAE tiles whole frames" in caplog.text
+        assert "DOES NOT FIT" not in caplog.text
+        assert len(calls) == options[0].count >= 2 and all(t == 1 for t, _, _ in calls)
+        calls.clear()
+        untiled = upscale(frames, models(64 << 30), settings)
+        assert calls == [(1, 180, 320)]
+    finally:
+        hook.remove()
+        handle.remove()
+    diff = (tiled - untiled).abs()
+    print(f"upscale 2560x1440, DiT {options[0].describe()} vs untiled: max {diff.max():.4f} mean {diff.mean():.5f} "
+          f"(0..1 output)")
+    assert tiled.shape == untiled.shape == (1, 1440, 2560, 3)
+    assert diff.max() < 0.1 and diff.mean() < 0.003

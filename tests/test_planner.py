@@ -199,7 +199,7 @@ def test_dit_tiles_come_only_when_every_block_swapped_does_not_fit_and_the_peak_
     fit, whose DiT peak is the tile's (not the frame's) and fits; less VRAM never gives larger tiles;
     the plan line states them."""
     from seedvr2.dit.tiling import plan_dit_tiles
-    from seedvr2.planner import _dit_peak, _dit_tile_candidates, _ModelTerms, _plan, _shape
+    from seedvr2.planner import _dit_peak, _dit_tile_options, _ModelTerms, _plan, _shape
 
     dit, vae = MODELS[name]
     terms = _ModelTerms.read(dit, vae, 2, "spread")
@@ -207,7 +207,7 @@ def test_dit_tiles_come_only_when_every_block_swapped_does_not_fit_and_the_peak_
     shape = _shape(frames, settings)
     latent = (shape.canvas[0] // 8, shape.canvas[1] // 8)
     untiled_floor = _dit_peak(terms, shape, terms.num_blocks, 1)
-    options = _dit_tile_candidates(terms, shape)
+    options = _dit_tile_options(terms, shape)
     assert len(options) >= 3 and [o.tile_tokens for o in options] == sorted({o.tile_tokens for o in options}, reverse=True)
     previous, tiled_fits = None, 0
     for vram in range(_dit_peak(terms, shape, terms.num_blocks, 1, options[-1]) - GiB, untiled_floor + GiB, 384 << 20):
