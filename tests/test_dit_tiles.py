@@ -66,8 +66,12 @@ def test_every_output_cell_gets_weights_summing_to_one(hw):
         assert count.min() >= 1
         # each tile's cut half window at a shared edge gets no weight at all
         for spans, window in ((tiles.rows, tiles.window[1]), (tiles.cols, tiles.window[2])):
-            for span in spans[1:]:
+            for span in spans[1:]:  # the first floor(w/2) tokens of a tile: the shifted window it cuts
                 assert torch.all(tile_weights(span, window)[: PATCH * (window // 2)] == 0)
+                assert tile_weights(span, window)[PATCH * (window // 2)] > 0
+            for span in spans[:-1]:  # the last ceil(w/2): the shifted window cut at its end
+                assert torch.all(tile_weights(span, window)[-PATCH * (window - window // 2):] == 0)
+                assert tile_weights(span, window)[-PATCH * (window - window // 2) - 1] > 0
 
 
 def test_bad_grids_and_settings_are_refused():
@@ -88,6 +92,9 @@ def test_halving_the_budget_always_shrinks_the_tile_until_the_floor():
         tiles = smaller
         sizes.append(tiles.tile_tokens)
     assert len(sizes) >= 4 and tiles == plan_dit_tiles(hw, 1)
+    # the floor: 540x960 tokens = 36 x 35.6 windows of 15x27; cores of at least 3 windows + 2 shared:
+    # 12 rows of 45 + 30 tokens; 12 columns would leave a last core of 69 < 81 tokens, so 9 of 108 + 54
+    assert tiles.describe() == "12x9 tiles of 2592x1200 px" and tiles.tile_hw == (75, 162)
 
 
 # ---------------------------------------------------------------------------------------------
