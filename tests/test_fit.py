@@ -200,7 +200,8 @@ def _tile_sizes(tiles):
     return [(r.stop - r.start) * (c.stop - c.start) for r in tiles.rows for c in tiles.cols]
 
 
-def test_dit_oom_with_every_block_swapped_runs_in_tiles_equal_to_tiles_from_the_start(tiny, monkeypatch, caplog):  # noqa: F811
+def test_dit_oom_with_every_block_swapped_runs_in_tiles_equal_to_tiles_from_the_start(tiny, monkeypatch,  # noqa: F811
+                                                                                     caplog):
     from seedvr2.dit.tiling import plan_dit_tiles
     from seedvr2.pipeline import fit as fit_module
     from test_dit_tiles import smooth_frame
