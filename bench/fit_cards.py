@@ -19,6 +19,7 @@ output (720p, 1080p) and batch (5, 21), with the plan on "auto":
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -46,6 +47,7 @@ RECIPES = {6: "-", 8: "7B Q4 swap 36, batch 17, tiles 640/512", 12: "7B Q4 swap 
            16: "7B Q4 swap 36, batch 49, tiles 1024/768", 24: "7B fp16 swap 24, batch 45, tiles 1344/1024"}
 
 
+@functools.lru_cache(maxsize=None)
 def meta_models(model: str):
     family, dtype = MODELS[model]
     with torch.device("meta"):
@@ -95,6 +97,29 @@ def print_predicted(args: argparse.Namespace) -> None:
     print("\nHand-tuned recipes (hekmon, emulated cards, 1080p):")
     for card in args.cards:
         print(f"  {card} GB: {RECIPES.get(card, '-')}")
+    print_predicted_images(args)
+
+
+IMAGE_OUTPUTS = {"8K": 4320, "16K": 8640}  # short side of a 16:9 output
+IMAGE_INPUT_HW = (1080, 1920)
+
+
+def print_predicted_images(args: argparse.Namespace) -> None:
+    """Single 8K/16K images: where the DiT needs spatial tiles (seedvr2.dit.tiling)."""
+    print(f"\nPREDICTED, single {IMAGE_INPUT_HW[1]}x{IMAGE_INPUT_HW[0]} images (batch 1): DiT tiles when every block "
+          "swapped with K=1 is not enough")
+    print("| card | model | output | blocks swapped | K | DiT | VAE tile | peaks enc / DiT / dec GiB | fits |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for card in args.cards:
+        for model in args.models:
+            dit, vae = meta_models(model)
+            for name, resolution in IMAGE_OUTPUTS.items():
+                p = plan_memory(dit, vae, (1, *IMAGE_INPUT_HW, 3), UpscaleSettings(resolution=resolution, batch_size=1),
+                                int((card - CONTEXT_GIB) * GiB))
+                peaks = " / ".join(f"{p.peak_bytes[k] / GiB:.1f}" for k in ("encode", "dit", "decode"))
+                dit_tiles = p.details["dit_tiles"] or "whole frame"
+                print(f"| {card} GB | {model} | {name} | {p.blocks_to_swap}/{p.blocks_total} | {p.prefetch_blocks} | "
+                      f"{dit_tiles} | {p.vae_tile_size or 'whole'} | {peaks} | {'yes' if p.fits else 'no'} |")
 
 
 def random_models(model: str, device: torch.device):

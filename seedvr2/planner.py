@@ -18,11 +18,16 @@ Phase peaks (bytes):
 
 Choices, and why they are monotone (less VRAM never gives fewer swapped blocks or larger tiles):
 blocks are tried from 0 swapped upwards with K = ``prefetch_blocks`` and the first count that fits
-is taken; if none does, every block is swapped with K = 1. Tiles are tried from whole frames down
+is taken; if none does, every block is swapped with K = 1; if that does not fit either and the
+batch is a single latent frame (an image, or batch_size 1), the DiT runs in spatial tiles
+(`seedvr2.dit.tiling`), tried from the largest down to the floor, all blocks swapped, K = 1. The
+DiT peak of a tiled plan counts the block activations of the largest tile and the pipeline
+tensors of the whole frame (`_dit_activations`). Multi-frame batches are never tiled by the plan:
+a smaller batch is the exact remedy, and the plan says so. Tiles are tried from whole frames down
 to `MIN_AUTO_TILE` and the first that fits both VAE phases is taken. Taking the first fitting
 candidate of a fixed order is monotone in the budget whatever the cost curve looks like: a
 candidate that fits a smaller budget fits every larger one. A plan that does not fit keeps the
-smallest settings (all blocks, K = 1, the floor tile) and says why, with the minimum VRAM that
+smallest settings (all blocks, K = 1, the floor tiles) and says why, with the minimum VRAM that
 would fit; `fits` is True only if every phase peak is at most ``vram_bytes - reserve_bytes``.
 
 The model terms are constants with their provenance; the ones marked "first estimate" wait for a
@@ -37,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .dit.tiling import DiTTiles, plan_dit_tiles
 from .pipeline.run import CHUNK_PIXELS
 from .pipeline.settings import UpscaleSettings, check_settings
 from .preprocess import padded_frame_count, plan_geometry
@@ -76,6 +82,12 @@ PHASES = ("encode", "dit", "decode")
 ATTENTION_CALL_TOKENS = 16384  # seedvr2.dit.attention.MAX_QUERY_TOKENS_PER_CALL
 DIT_IO_BYTES_PER_TOKEN = 98 * 4 * 4 + 16
 DIT_ACTIVATION_SLACK = 1.25  # allocator rounding and fragmentation; first estimate pending GPU calibration
+# DiT tiles (seedvr2/dit/tiling.py): the float32 accumulator of the blended prediction, 16 channels
+# per latent pixel (4 per token), on top of the whole frame's pipeline tensors; each tile's own
+# crop and prediction are counted like a batch of the tile's size (DIT_IO_BYTES_PER_TOKEN).
+DIT_TILE_ACCUMULATOR_BYTES_PER_TOKEN = 16 * 4 * 4
+# Tile sizes the planner tries: tile budgets shrink by this factor from the whole frame to the floor.
+DIT_TILE_STEP = 0.8
 
 # --- VAE working set (per pixel of the largest tile, bf16, 4-frame causal chunks, state on device) ---
 # decode: H200 bf16, bench/vae_tiling.py (README "Measured"): untiled working set 0.97 GiB at 256^2
@@ -117,7 +129,9 @@ class MemoryPlan:
     """A run's memory plan (see the module docstring). Sizes in bytes.
 
     blocks_to_swap/prefetch_blocks: for `handle.reconfigure()`; vae_tile_size (None = whole frames),
-    vae_tile_overlap, vae_chunk_frames: for `VAETiling`; peak_bytes: predicted device peak of each
+    vae_tile_overlap, vae_chunk_frames: for `VAETiling`; dit_tile_tokens: the DiT's
+    spatial tiles, the most tokens per latent frame of one tile (`seedvr2.dit.tiling.run_dit`; None =
+    whole frames); peak_bytes: predicted device peak of each
     phase ("encode", "dit", "decode"); fits: every peak <= vram_bytes - reserve_bytes; reason: why
     not (with the minimum VRAM that would fit), "" when it fits; max_batch_size: the largest 4n+1
     batch (up to the clip's length) that would fit this budget, 0 when none does.
@@ -139,15 +153,18 @@ class MemoryPlan:
     model_name: str = "DiT"
     batch_size: int = 1
     dit_tokens: int = 0
+    dit_tile_tokens: int | None = None
     details: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def summary(self) -> str:
         """One readable line, e.g. "7B fp16 on 11.2 GiB free: 30/36 blocks swapped, K=2, VAE tiles
-        768, peaks encode 6.1 / DiT 9.8 / decode 10.4 GiB, largest batch 33"."""
+        768, peaks encode 6.1 / DiT 9.8 / decode 10.4 GiB, largest batch 33"; with DiT tiles, after
+        K: "DiT in 3x3 tiles of 3360x1920 px"."""
         tiles = "whole frames" if self.vae_tile_size is None else str(self.vae_tile_size)
+        dit_tiles = f"DiT in {self.details.get('dit_tiles')}, " if self.dit_tile_tokens is not None else ""
         peaks = " / ".join(f"{'DiT' if p == 'dit' else p} {self.peak_bytes[p] / GiB:.1f}" for p in PHASES)
         text = (f"{self.model_name} on {self.vram_bytes / GiB:.1f} GiB free: {self.blocks_to_swap}/{self.blocks_total} "
-                f"blocks swapped, K={self.prefetch_blocks}, VAE tiles {tiles}, peaks {peaks} GiB, "
+                f"blocks swapped, K={self.prefetch_blocks}, {dit_tiles}VAE tiles {tiles}, peaks {peaks} GiB, "
                 f"largest batch {self.max_batch_size}")
         return text if self.fits else f"{text}; DOES NOT FIT: {self.reason}"
 
@@ -186,6 +203,7 @@ class _ModelTerms:
     vae_bytes: int  # VAE activation itemsize
     prefetch: int
     placement: str
+    num_windows: tuple[int, int, int] = (4, 3, 3)
 
     @classmethod
     def read(cls, dit: nn.Module, vae: nn.Module, prefetch: int, placement: str) -> "_ModelTerms":
@@ -202,7 +220,7 @@ class _ModelTerms:
                    mlp_hidden=config.mlp_hidden, swiglu=config.mlp == "swiglu", act_bytes=compute.itemsize,
                    vae_weight_bytes=_tensor_bytes(vae, set()),
                    vae_bytes=vae_dtype.itemsize if vae_dtype.is_floating_point and vae_dtype.itemsize >= 2 else 2,
-                   prefetch=prefetch, placement=placement)
+                   prefetch=prefetch, placement=placement, num_windows=tuple(config.num_windows))
 
     @property
     def num_blocks(self) -> int:
@@ -306,9 +324,47 @@ def _shape(frames_shape: tuple[int, ...], settings: UpscaleSettings) -> _Shape:
                   geo.resized_hw[0] * geo.resized_hw[1])
 
 
-def _dit_peak(m: _ModelTerms, shape: _Shape, swapped: int, k: int) -> int:
-    act = dit_activation_bytes(shape.tokens, m.dim, m.mlp_hidden, swiglu=m.swiglu, act_bytes=m.act_bytes)
-    return m.arena_bytes(swapped, k) + act + WORKSPACE_BYTES
+def _dit_activations(m: _ModelTerms, shape: _Shape, tiles: DiTTiles | None = None) -> int:
+    """The DiT phase's activations: the whole batch's, or with tiles the largest tile's plus the
+    whole frame's pipeline tensors and the blend accumulator."""
+    if tiles is None:
+        return dit_activation_bytes(shape.tokens, m.dim, m.mlp_hidden, swiglu=m.swiglu, act_bytes=m.act_bytes)
+    tile = dit_activation_bytes(tiles.tile_tokens * shape.latent_frames, m.dim, m.mlp_hidden, swiglu=m.swiglu,
+                                act_bytes=m.act_bytes)
+    frame = shape.tokens * (DIT_IO_BYTES_PER_TOKEN + DIT_TILE_ACCUMULATOR_BYTES_PER_TOKEN)
+    return tile + int(DIT_ACTIVATION_SLACK * frame)
+
+
+def _dit_peak(m: _ModelTerms, shape: _Shape, swapped: int, k: int, tiles: DiTTiles | None = None) -> int:
+    return m.arena_bytes(swapped, k) + _dit_activations(m, shape, tiles) + WORKSPACE_BYTES
+
+
+def _dit_tile_options(m: _ModelTerms, shape: _Shape) -> list[DiTTiles]:
+    """The tilings the plan may use: single latent frames only, and only tiles that lower the DiT
+    peak below the untiled one (the whole frame's pipeline tensors stay)."""
+    if shape.latent_frames != 1:
+        return []
+    untiled = _dit_activations(m, shape)
+    return [t for t in _dit_tile_candidates(m, shape) if _dit_activations(m, shape, t) < untiled]
+
+
+def _dit_tile_candidates(m: _ModelTerms, shape: _Shape) -> list[DiTTiles]:
+    """DiT tilings of the batch, largest tile first, down to the floor: what `plan_dit_tiles`
+    gives for tile budgets shrinking by `DIT_TILE_STEP` (each is exactly what `run_dit` rebuilds
+    from its ``tile_tokens``). Empty when the frame is too small to split."""
+    latent = (shape.canvas[0] // 8, shape.canvas[1] // 8)
+    budget = (latent[0] // 2) * (latent[1] // 2)
+    out: list[DiTTiles] = []
+    while budget > 1:
+        budget = int(budget * DIT_TILE_STEP)
+        tiles = plan_dit_tiles(latent, budget, m.num_windows, latent_frames=shape.latent_frames)
+        if tiles.count == 1:
+            break  # no split at all
+        if not out or tiles.tile_tokens < out[-1].tile_tokens:
+            out.append(tiles)
+        if tiles.tile_tokens > budget:
+            break  # the floor
+    return out
 
 
 def _tile_extent(canvas: tuple[int, int], tile: int | None, overlap: int) -> tuple[int, int]:
@@ -364,13 +420,17 @@ def _plan(m: _ModelTerms, frames_shape: tuple[int, ...], settings: UpscaleSettin
           overlap: int, fixed_reserve: int | None = None) -> MemoryPlan:
     shape = _shape(frames_shape, settings)
     usable = vram - reserve
-    # DiT: the fewest swapped blocks that fit with K; failing that, all blocks with K = 1.
-    swapped, k = m.num_blocks, 1
+    # DiT: the fewest swapped blocks that fit with K; failing that, all blocks with K = 1; failing
+    # that (single latent frames only), the largest tiles that fit, else the floor tiles.
+    swapped, k, tiles = m.num_blocks, 1, None
     for s in range(m.num_blocks + 1):
         if _dit_peak(m, shape, s, m.prefetch) <= usable:
             swapped, k = s, m.prefetch
             break
-    dit = _dit_peak(m, shape, swapped, k)
+    tile_options = _dit_tile_options(m, shape)
+    if k == 1 and _dit_peak(m, shape, swapped, k) > usable and tile_options:
+        tiles = next((t for t in tile_options if _dit_peak(m, shape, swapped, k, t) <= usable), tile_options[-1])
+    dit = _dit_peak(m, shape, swapped, k, tiles)
     # VAE: the largest tile that fits both phases.
     candidates = _tile_candidates(shape.canvas)
     tile = candidates[-1]
@@ -382,18 +442,19 @@ def _plan(m: _ModelTerms, frames_shape: tuple[int, ...], settings: UpscaleSettin
              "decode": _vae_peak(m, shape, "decode", tile, overlap)}
     fits = max(peaks.values()) <= usable
     # The smallest plan's peaks set the minimum VRAM: V - reserve(V) >= peak.
-    floor_peak = max(_dit_peak(m, shape, m.num_blocks, 1),
+    floor_peak = max(_dit_peak(m, shape, m.num_blocks, 1, tile_options[-1] if tile_options else None),
                      *(_vae_peak(m, shape, p, candidates[-1], overlap) for p in ("encode", "decode")))
     min_vram = _min_vram(floor_peak, fixed_reserve)
-    reason = "" if fits else _why(m, shape, peaks, usable, swapped, tile, min_vram, settings)
-    act = dit_activation_bytes(shape.tokens, m.dim, m.mlp_hidden, swiglu=m.swiglu, act_bytes=m.act_bytes)
+    reason = "" if fits else _why(m, shape, peaks, usable, swapped, tile, min_vram, settings, tiles)
+    act = _dit_activations(m, shape, tiles)
     return MemoryPlan(
         blocks_to_swap=swapped, prefetch_blocks=k, vae_tile_size=tile, vae_chunk_frames=DEFAULT_CHUNK_FRAMES,
         peak_bytes=peaks, fits=fits, reason=reason, vae_tile_overlap=tile_overlap_for(tile, overlap),
         vram_bytes=vram, reserve_bytes=reserve, min_vram_bytes=min_vram, blocks_total=m.num_blocks,
         model_name=m.name, batch_size=settings.batch_size, dit_tokens=shape.tokens,
+        dit_tile_tokens=None if tiles is None else tiles.tile_tokens,
         details={"dit_weights": m.arena_bytes(swapped, k), "dit_activations": act, "canvas_hw": shape.canvas,
-                 "padded_frames": shape.frames})
+                 "padded_frames": shape.frames, "dit_tiles": None if tiles is None else tiles.describe()})
 
 
 def _min_vram(peak: int, fixed_reserve: int | None) -> int:
@@ -403,14 +464,19 @@ def _min_vram(peak: int, fixed_reserve: int | None) -> int:
 
 
 def _why(m: _ModelTerms, shape: _Shape, peaks: dict[str, int], usable: int, swapped: int, tile: int | None,
-         min_vram: int, settings: UpscaleSettings) -> str:
+         min_vram: int, settings: UpscaleSettings, tiles: DiTTiles | None = None) -> str:
     over = [p for p in PHASES if peaks[p] > usable]
     parts = []
     if "dit" in over:
-        act = dit_activation_bytes(shape.tokens, m.dim, m.mlp_hidden, swiglu=m.swiglu, act_bytes=m.act_bytes)
-        parts.append(f"the DiT phase needs {peaks['dit'] / GiB:.1f} GiB with all {swapped} blocks swapped "
-                     f"({act / GiB:.1f} GiB of activations for {shape.tokens} tokens at batch {settings.batch_size}); "
-                     "use a smaller batch_size or resolution")
+        act = _dit_activations(m, shape, tiles)
+        if tiles is None:
+            parts.append(f"the DiT phase needs {peaks['dit'] / GiB:.1f} GiB with all {swapped} blocks swapped "
+                         f"({act / GiB:.1f} GiB of activations for {shape.tokens} tokens at batch "
+                         f"{settings.batch_size}); use a smaller batch_size or resolution")
+        else:
+            parts.append(f"the DiT phase needs {peaks['dit'] / GiB:.1f} GiB with all {swapped} blocks swapped "
+                         f"in its smallest tiles ({tiles.describe()}, {act / GiB:.1f} GiB of activations); "
+                         "use a smaller resolution")
     vae = [p for p in over if p != "dit"]
     if vae:
         parts.append(f"VAE {' and '.join(vae)} need{'s' if len(vae) == 1 else ''} "

@@ -171,3 +171,79 @@ def test_on_cuda_the_host_is_asked_to_make_room_for_the_plan_and_the_budget_is_w
     assert fit.plan == expected
     assert handle.calls == [(expected.blocks_to_swap, expected.prefetch_blocks)]
     assert fit.vae_tiling.tile_size == expected.vae_tile_size
+
+
+# DiT tiles as the last DiT fallback. A 2560x1440 output (the smallest 16:9 frame the default DiT
+# tile floor splits) with the pointwise stand-in VAE of test_vae_tiling, so that only the DiT works.
+def _big_image_models(tiny, placement=None):  # noqa: F811
+    from test_dit_tiles import standin_vae
+
+    return UpscaleModels(tiny.dit, standin_vae(), tiny.pos_emb, "cpu", dit_placement=placement,
+                         vae_tiling=VAETiling(tile_size=None, tile_overlap=0, chunk_frames=None))
+
+
+def _oom_above(dit, max_tokens, calls):
+    """A DiT forward pre-hook: out of memory for calls of more than `max_tokens` tokens per frame."""
+    def hook(module, args):
+        t, h, w = args[2][0].tolist()
+        calls.append((h // 2) * (w // 2))
+        assert len(calls) < 20, "the fallback does not stop"
+        if (h // 2) * (w // 2) > max_tokens:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+    return dit.register_forward_pre_hook(hook)
+
+
+BIG = dict(resolution=1440, batch_size=1, color_correction="none")
+
+
+def _tile_sizes(tiles):
+    return [(r.stop - r.start) * (c.stop - c.start) for r in tiles.rows for c in tiles.cols]
+
+
+def test_dit_oom_with_every_block_swapped_runs_in_tiles_equal_to_tiles_from_the_start(tiny, monkeypatch,  # noqa: F811
+                                                                                     caplog):
+    from seedvr2.dit.tiling import plan_dit_tiles
+    from seedvr2.pipeline import fit as fit_module
+    from test_dit_tiles import smooth_frame
+
+    frames = smooth_frame(90, 160)
+    floor = plan_dit_tiles((180, 320), 1)  # the 90x160-token grid splits once: 2x1 tiles
+    handle = apply_block_swap(tiny.dit, BlockSwapConfig(blocks_to_swap=4, prefetch_blocks=2), "cpu",
+                              allow_cpu_device=True)
+    calls = []
+    hook = _oom_above(tiny.dit, floor.tile_tokens, calls)
+    try:
+        with caplog.at_level(logging.WARNING, logger="seedvr2"):
+            out = upscale(frames, _big_image_models(tiny, handle), UpscaleSettings(**BIG))
+        # K=2 fails, K=1 fails, then whole frames become tiles of at most half the frame: the floor here
+        assert calls == [90 * 160, 90 * 160, *_tile_sizes(floor)]
+        assert "retrying the batch with all 4 DiT blocks swapped and K=1" in caplog.text
+        assert f"out of memory in the dit phase; retrying the batch with the DiT in {floor.describe()}" in caplog.text
+    finally:
+        hook.remove()
+        handle.remove()
+    start = fit_module.RunFit.start
+
+    def tiled_from_the_start(*args, **kwargs):
+        run = start(*args, **kwargs)
+        run.dit_tile = floor.tile_tokens
+        return run
+
+    monkeypatch.setattr(fit_module.RunFit, "start", tiled_from_the_start)
+    assert torch.equal(out, upscale(frames, _big_image_models(tiny), UpscaleSettings(**BIG)))
+
+
+def test_dit_oom_at_the_floor_tiles_is_raised(tiny, caplog):  # noqa: F811
+    from seedvr2.dit.tiling import plan_dit_tiles
+    from test_dit_tiles import smooth_frame
+
+    floor = plan_dit_tiles((180, 320), 1)
+    calls = []
+    hook = _oom_above(tiny.dit, 0, calls)  # nothing fits
+    try:
+        with caplog.at_level(logging.WARNING, logger="seedvr2"), pytest.raises(torch.OutOfMemoryError):
+            upscale(smooth_frame(90, 160), _big_image_models(tiny), UpscaleSettings(**BIG))
+    finally:
+        hook.remove()
+    assert calls == [90 * 160, _tile_sizes(floor)[0]]  # whole frames, the floor's first tile, then the error
+    assert caplog.text.count("out of memory in the dit phase") == 1

@@ -29,7 +29,8 @@ MODELS = {name: meta_models(*spec) for name, spec in {
     "3b fp16": ("3b", torch.float16), "7b fp16": ("7b", torch.float16), "7b fp8": ("7b", torch.float8_e4m3fn)}.items()}
 # ~0.1 s per plan (it walks the full-size meta models): a coarse grid keeps this file near 20 s.
 BUDGETS = [int(g * GiB) for g in (1, 2, 3, 4, 6, 8, 12, 16, 24, 48)]
-CASES = [((81, 540, 960, 3), 720, 5), ((81, 540, 960, 3), 1080, 21), ((1, 1000, 1500, 3), 2160, 1)]
+CASES = [((81, 540, 960, 3), 720, 5), ((81, 540, 960, 3), 1080, 21), ((1, 1000, 1500, 3), 2160, 1),
+         ((1, 1080, 1920, 3), 4320, 1)]  # an 8K image: DiT tiles on the smaller budgets
 
 
 def _tile_rank(tile):
@@ -45,6 +46,7 @@ def test_less_vram_never_swaps_fewer_blocks_or_uses_larger_tiles(name, shape, re
     for smaller, larger in itertools.pairwise(plans):  # budgets ascend
         assert smaller.blocks_to_swap >= larger.blocks_to_swap, (smaller.summary(), larger.summary())
         assert _tile_rank(smaller.vae_tile_size) <= _tile_rank(larger.vae_tile_size), (smaller.summary(), larger.summary())
+        assert _tile_rank(smaller.dit_tile_tokens) <= _tile_rank(larger.dit_tile_tokens), (smaller.summary(), larger.summary())
         assert smaller.prefetch_blocks <= larger.prefetch_blocks
         assert smaller.max_batch_size <= larger.max_batch_size
         assert not (smaller.fits and not larger.fits)
@@ -56,7 +58,10 @@ def test_less_vram_never_swaps_fewer_blocks_or_uses_larger_tiles(name, shape, re
         assert plan.fits == (worst + plan.reserve_bytes <= vram)
         if plan.fits:
             assert worst <= vram and plan.reason == ""
-        else:  # one that does not keeps the smallest settings and names a minimum that does fit
+        if plan.dit_tile_tokens is not None:  # tiles only for single frames, after every block is swapped
+            assert shape[0] == 1 or batch == 1
+            assert plan.blocks_to_swap == plan.blocks_total and plan.prefetch_blocks == 1
+        if not plan.fits:  # one that does not keeps the smallest settings and names a minimum that does fit
             assert plan.blocks_to_swap == plan.blocks_total and plan.prefetch_blocks == 1
             assert plan.vae_tile_size == MIN_AUTO_TILE or max(plan.peak_bytes["encode"], plan.peak_bytes["decode"]) \
                 + plan.reserve_bytes <= vram
@@ -185,3 +190,52 @@ def test_dense_budgets_are_monotone_and_each_choice_is_the_best_that_fits(name):
             if i > 0:
                 assert max(_vae_peak(terms, shape, p, candidates[i - 1], 64) for p in ("encode", "decode")) > vram
         previous = plan
+
+
+@pytest.mark.parametrize("name", ["3b fp16", "7b fp8"])
+@pytest.mark.parametrize("resolution", [4320, 8640])
+def test_dit_tiles_come_only_when_every_block_swapped_does_not_fit_and_the_peak_is_the_tiles(name, resolution):
+    """8K and 16K images: untiled while all blocks swapped with K=1 fit; then the largest tiles that
+    fit, whose DiT peak is the tile's (not the frame's) and fits; less VRAM never gives larger tiles;
+    the plan line states them."""
+    from seedvr2.dit.tiling import plan_dit_tiles
+    from seedvr2.planner import _dit_peak, _dit_tile_options, _ModelTerms, _plan, _shape
+
+    dit, vae = MODELS[name]
+    terms = _ModelTerms.read(dit, vae, 2, "spread")
+    frames, settings = (1, 1080, 1920, 3), UpscaleSettings(resolution=resolution, batch_size=1)
+    shape = _shape(frames, settings)
+    latent = (shape.canvas[0] // 8, shape.canvas[1] // 8)
+    untiled_floor = _dit_peak(terms, shape, terms.num_blocks, 1)
+    options = _dit_tile_options(terms, shape)
+    sizes = [o.tile_tokens for o in options]
+    assert len(options) >= 3 and sizes == sorted(set(sizes), reverse=True)
+    previous, tiled_fits = None, 0
+    for vram in range(_dit_peak(terms, shape, terms.num_blocks, 1, options[-1]) - GiB, untiled_floor + GiB, 384 << 20):
+        plan = _plan(terms, frames, settings, vram, 0, 64)
+        if plan.dit_tile_tokens is None:
+            assert untiled_floor <= vram or plan.details["dit_tiles"] is None and not options
+        else:
+            assert untiled_floor > vram and plan.blocks_to_swap == terms.num_blocks and plan.prefetch_blocks == 1
+            tiles = plan_dit_tiles(latent, plan.dit_tile_tokens, terms.num_windows)  # what run_dit will run
+            assert tiles.tile_tokens == plan.dit_tile_tokens and tiles.describe() == plan.details["dit_tiles"]
+            assert plan.peak_bytes["dit"] == _dit_peak(terms, shape, terms.num_blocks, 1, tiles) < untiled_floor
+            assert f"K=1, DiT in {tiles.describe()}, VAE tiles" in plan.summary()
+            if plan.peak_bytes["dit"] <= vram:
+                tiled_fits += 1
+                bigger = [o for o in options if o.tile_tokens > tiles.tile_tokens]
+                assert all(_dit_peak(terms, shape, terms.num_blocks, 1, o) > vram for o in bigger)
+            else:
+                assert tiles == options[-1]  # nothing fits: the floor tiles
+        if previous is not None:
+            assert _tile_rank(plan.dit_tile_tokens) >= _tile_rank(previous.dit_tile_tokens)
+        previous = plan
+    assert tiled_fits >= 3
+
+
+def test_video_batches_are_never_tiled_by_the_plan():
+    dit, vae = MODELS["3b fp16"]
+    plan = plan_memory(dit, vae, (21, 1080, 1920, 3), UpscaleSettings(resolution=4320, batch_size=5), 12 * GiB)
+    assert plan.dit_tile_tokens is None and not plan.fits and "smaller batch_size" in plan.reason
+    image = plan_memory(dit, vae, (21, 1080, 1920, 3), UpscaleSettings(resolution=4320, batch_size=1), 12 * GiB)
+    assert image.dit_tile_tokens is not None and image.peak_bytes["dit"] + image.reserve_bytes <= 12 * GiB

@@ -59,8 +59,11 @@ class NaDiT(nn.Module):
         self.vid_out = PatchOut(c.dim, c.vid_out_channels)
 
     def forward(self, vid: torch.Tensor, txt: torch.Tensor, vid_shape: torch.Tensor, txt_shape: torch.Tensor,
-                timestep: torch.Tensor, *, attention: str | None = None) -> torch.Tensor:
-        """See the module docstring. ``attention`` overrides the backend for this call."""
+                timestep: torch.Tensor, *, attention: str | None = None,
+                window: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """See the module docstring. ``attention`` overrides the backend for this call; ``window``
+        the window size (t, h, w) in tokens (None: from each grid's aspect, the official rule; DiT
+        tiles pass the whole grid's, `seedvr2.dit.tiling`)."""
         grids, txt_lens = self._check_inputs(vid, txt, vid_shape, txt_shape, timestep)
         dtype = self.compute_dtype or vid.dtype
         backend = check_attention_backend(attention or self.attention)
@@ -72,7 +75,7 @@ class NaDiT(nn.Module):
 
         # 2. Window plans, one per window kind (regular / shifted), shared by the blocks using it
         token_grids = [(t, h // 2, w // 2) for t, h, w in grids]
-        plans = {shifted: self._plan(token_grids, txt_lens, shifted, backend, vid.device)
+        plans = {shifted: self._plan(token_grids, txt_lens, shifted, backend, vid.device, window)
                  for shifted in sorted(set(self.config.window_shifted))}
 
         # 3. Blocks, in index order, each through __call__ (block swap hooks)
@@ -85,10 +88,10 @@ class NaDiT(nn.Module):
             vid_h = self.vid_out_ada(vid_h, emb, [t * h * w for t, h, w in token_grids])  # (L/4, dim)
         return self.vid_out(vid_h, token_grids).to(vid.dtype)  # (L, 16)
 
-    def _plan(self, token_grids, txt_lens, shifted: bool, backend: str, device: torch.device) -> WindowPlan:
+    def _plan(self, token_grids, txt_lens, shifted: bool, backend: str, device: torch.device, window=None) -> WindowPlan:
         c = self.config
         return build_window_plan(token_grids, txt_lens, num_windows=c.num_windows, shifted=shifted, rope=c.rope,
-                                 rope_axis_dim=c.rope_axis_dim, attention=backend, device=device)
+                                 rope_axis_dim=c.rope_axis_dim, attention=backend, device=device, window=window)
 
     def _check_inputs(self, vid, txt, vid_shape, txt_shape, timestep) -> tuple[list[tuple[int, int, int]], list[int]]:
         """Validate the packed inputs once; return the latent grids and text lengths as ints."""

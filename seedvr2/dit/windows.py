@@ -80,15 +80,17 @@ def build_window_plan(
     rope_axis_dim: int,
     attention: str,
     device: torch.device,
+    window: tuple[int, int, int] | None = None,
 ) -> WindowPlan:
-    """Partition every sample of a packed batch into windows and group them by shape."""
+    """Partition every sample of a packed batch into windows and group them by shape. ``window``
+    overrides the size from each grid's aspect (`window_size`)."""
     members: dict[tuple[int, int, int, int], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     windows_per_sample = []
     vid_offset = txt_offset = 0
     for (t, h, w), txt_len in zip(token_grids, txt_lens):
         rows = torch.arange(vid_offset, vid_offset + t * h * w).view(t, h, w)
         txt_rows = torch.arange(txt_offset, txt_offset + txt_len)
-        wt, wh, ww = window_size((t, h, w), num_windows)
+        wt, wh, ww = window or window_size((t, h, w), num_windows)
         count = 0
         for t0, t1 in axis_windows(t, wt, shifted):
             for h0, h1 in axis_windows(h, wh, shifted):

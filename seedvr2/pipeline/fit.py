@@ -8,8 +8,10 @@ VAE tiling for ``tile_size="auto"``:
    device, needed)`` is called with what the best plan under the cap needs (ComfyUI:
    ``comfy.model_management.free_memory(needed, device)``, which unloads only as many of its
    models as that takes) and returns the free bytes afterwards;
-2. `seedvr2.plan_memory` picks blocks to swap, K and the VAE tile for that budget; the handle is
-   reconfigured (`BlockSwapHandle.reconfigure`, valid between phases) and the tile applied;
+2. `seedvr2.plan_memory` picks blocks to swap, K, the DiT tiles (single frames too large for the
+   budget) and the VAE tile for that budget; the handle is reconfigured
+   (`BlockSwapHandle.reconfigure`, valid between phases), the DiT tiles (with auto blocks) and the
+   VAE tile applied;
 3. the plan is logged in one line. A plan that does not fit still runs with its smallest
    settings (with a warning saying why and what would fit): the prediction may be pessimistic,
    and the out-of-memory fallback below is the last word.
@@ -18,9 +20,12 @@ During the run (`RunFit.retry`), a ``torch.OutOfMemoryError``:
 
 * in a VAE phase retries the batch with half the tile (whole frames first become one tile, so the
   canvases leave the device), down to `MIN_AUTO_TILE`;
-* in the DiT phase retries the batch with more blocks swapped (+1/4 of the blocks, then K = 1);
+* in the DiT phase retries the batch with more blocks swapped (+1/4 of the blocks, then K = 1),
+  then (every block swapped, or no block swap) in spatial DiT tiles (`seedvr2.dit.tiling`): whole
+  frames become tiles of at most half the frame's tokens, and each further failure halves the
+  tile's token budget, down to the floor tiles;
 each fallback is logged and stays for the rest of the run. The result is unchanged except for the
-VAE tiling: batches are pure functions of the frames, the settings and the per-batch noise, and a
+VAE and DiT tiling: batches are pure functions of the frames, the settings and the per-batch noise, and a
 retried decode has pushed nothing into the crossfade yet. Only when the smallest plan fails too is
 the error raised. Without a device plan (CPU, nothing "auto") the fallback still applies.
 """
@@ -83,6 +88,8 @@ class RunFit:
         self.device = device
         self.plan = None
         self.fallbacks: list[str] = []
+        self.dit_tile: int | None = None  # DiT tile budget, tokens per latent frame (None: whole frames)
+        self.dit_windows: tuple[int, int, int] = (4, 3, 3)
 
     # --- before the run --------------------------------------------------------------------------
 
@@ -93,6 +100,7 @@ class RunFit:
         """Resolve "auto" (see the module docstring) and return the run's fit state."""
         fit = fit or MemoryFit()
         run = cls(vae_tiling, dit_placement, canvas_hw, fit, device)
+        run.dit_windows = tuple(getattr(getattr(dit, "config", None), "num_windows", run.dit_windows))
         config = getattr(run.handle, "config", None)
         auto_blocks = bool(getattr(config, "auto", False)) and getattr(run.handle, "active", False)
         auto_tiles = vae_tiling.tile_size == AUTO
@@ -134,6 +142,7 @@ class RunFit:
         self.plan = plan
         if auto_blocks:
             self.handle.reconfigure(plan.blocks_to_swap, prefetch_blocks=plan.prefetch_blocks)
+            self.dit_tile = plan.dit_tile_tokens
         if auto_tiles:
             self.vae_tiling = replace(self.vae_tiling, tile_size=plan.vae_tile_size, tile_overlap=plan.vae_tile_overlap,
                                       chunk_frames=plan.vae_chunk_frames)
@@ -179,7 +188,7 @@ class RunFit:
     def _shrink_dit(self) -> str | None:
         handle = self.handle
         if handle is None or not getattr(handle, "active", False):
-            return None
+            return self._shrink_dit_tile()
         stats = handle.stats()
         total, swapped = stats.blocks_total, stats.blocks_swapped
         k = stats.prefetch_blocks or handle.config.prefetch_blocks
@@ -190,7 +199,20 @@ class RunFit:
         if k > 1:
             handle.reconfigure(total, prefetch_blocks=1)
             return f"all {total} DiT blocks swapped and K=1"
-        return None
+        return self._shrink_dit_tile()
+
+    def _shrink_dit_tile(self) -> str | None:
+        """Whole frames -> tiles of at most half the frame's tokens; tiles -> half the budget;
+        None at the floor (`seedvr2.dit.tiling.plan_dit_tiles`)."""
+        from ..dit.tiling import plan_dit_tiles
+
+        latent = (self.canvas_hw[0] // 8, self.canvas_hw[1] // 8)
+        current = plan_dit_tiles(latent, self.dit_tile, self.dit_windows)
+        smaller = plan_dit_tiles(latent, max(1, current.tile_tokens // 2), self.dit_windows)
+        if smaller.tile_tokens >= current.tile_tokens:
+            return None
+        self.dit_tile = smaller.tile_tokens
+        return f"the DiT in {smaller.describe()}"
 
     def _release_cache(self) -> None:
         if self.device.type == "cuda":

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..batching import Batch, Crossfade, plan_batches
 from ..color import color_correct
+from ..dit.tiling import run_dit
 from ..placement import ModulePlacement, Placement
 from ..preprocess import FrameGeometry, padded_frame_count, to_model_range, to_unit_range
 from ..vae.model import DEFAULT_CHUNK_FRAMES, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, LATENT_SCALE
@@ -355,7 +356,7 @@ def _denoise(run: _Run, dit: nn.Module, pos_emb: torch.Tensor, batch: Batch, lat
     vid_shape = torch.tensor([[t, h, w]], dtype=torch.long, device=run.device)
     txt_shape = torch.tensor([[pos_emb.shape[0]]], dtype=torch.long, device=run.device)
     timestep = torch.tensor([TIMESTEP], dtype=torch.float32, device=run.device)
-    pred = dit(vid, pos_emb, vid_shape, txt_shape, timestep)            # (t*h*w, 16) v-prediction
+    pred = run_dit(dit, vid, pos_emb, vid_shape, txt_shape, timestep, run.fit.dit_tile)  # (t*h*w, 16) v-prediction
     x0 = noise - pred.float().reshape(t, h, w, c)
     _check_finite(x0, "the DiT", batch, _DIT_CAUSE)
     return x0.cpu()
