@@ -17,7 +17,7 @@ Cases (`--case`, several allowed; --frames/--size/--batch override them):
   paper   3B, 100 frames, 768x1344 output, batch 21 (the SeedVR2 paper's H100 figure: 269 s)
   7b1080  7B, 45 frames, 1080x1920 output, batch 21
   small   a 2-block DiT of the released shapes' kind (width 256, text width 5120) + the released VAE,
-          5 frames 128x224: the smallest case ComfyUI's native code can run (its VAE is full size)
+          5 frames 64x112: the smallest case ComfyUI's native code can run (its VAE is full size)
   tiny    the test suite's tiny DiT and VAE, 6 frames 32x48, batch 5 (two batches; `--tiny`)
 Input frames are the output size x `--input-scale` (0.5: a 2x upscale), float32 in 0..1 as
 ComfyUI hands them over.
@@ -138,7 +138,7 @@ class Case:
 CASES = {
     "paper": Case("paper", "3b", 100, (768, 1344), 21),
     "7b1080": Case("7b1080", "7b", 45, (1080, 1920), 21),
-    "small": Case("small", "small", 5, (128, 224), 5),
+    "small": Case("small", "small", 5, (64, 112), 5),
     "tiny": Case("tiny", "tiny", 6, (32, 48), 5),
 }
 
