@@ -11,7 +11,7 @@ architecture with PyTorch's default init. Each run upscales random frames and pr
     python bench/e2e.py --case 7b1080 --budgets 24 --json e2e.json
     python bench/e2e.py --case paper --budgets 24 --blocks 20   # explicit blocks instead of the plan
     python bench/e2e.py --case paper --frames 21 --check        # fast paths vs eager: max |diff|
-    python bench/e2e.py --case small --native                  # + ComfyUI's native SeedVR2 (e2e_native.py)
+    python bench/e2e.py --case small --native --repeats 2      # + ComfyUI's native SeedVR2 (e2e_native.py)
 
 Cases (`--case`, several allowed; --frames/--size/--batch override them):
   paper   3B, 100 frames, 768x1344 output, batch 21 (the SeedVR2 paper's H100 figure: 269 s)
@@ -288,7 +288,8 @@ class PhaseTimer:
 
     A phase starts at its done=0 report and ends at done=total. At each start the CUDA peak is read
     (it covers the gap since the last reset: model loading) and reset, and the RSS sampler's peak is
-    restarted; at each end both peaks are recorded for the phase.
+    folded into the run's and restarted; at each end both peaks are recorded for the phase.
+    `peak_rss()` is the run's peak RSS so far.
     """
 
     def __init__(self, device: torch.device, sampler: RssSampler):
@@ -298,6 +299,7 @@ class PhaseTimer:
         self.vram: dict[str, int | None] = {}
         self.rss: dict[str, int] = {}
         self.gap_vram: int | None = None
+        self.run_rss = 0
 
     def sync(self) -> float:
         if self.device.type == "cuda":
@@ -307,6 +309,9 @@ class PhaseTimer:
     def peak_vram(self) -> int | None:
         return torch.cuda.max_memory_reserved(self.device) if self.device.type == "cuda" else None
 
+    def peak_rss(self) -> int:
+        return max(self.run_rss, self.sampler.peak)
+
     def __call__(self, phase: str, done: int, total: int) -> None:
         now = self.sync()
         if done == 0:
@@ -314,6 +319,7 @@ class PhaseTimer:
                 self.gap_vram = max(self.gap_vram or 0, self.peak_vram())
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
+            self.run_rss = max(self.run_rss, self.sampler.peak)
             self.sampler.peak = rss()
             self.start[phase] = now
         if done == total:
@@ -359,7 +365,8 @@ def run_upscale(m: Models, case: Case, device: torch.device, budget: str, blocks
         "variant": variant.name, "device": device_name(device), "color_correction": color, "plan": plan,
         "phases": phases,
         "other_seconds": total - sum(timer.seconds.values()),
-        "total": figures(total, case.frames, case.output_hw, max(vram_values) if vram_values else None, sampler.peak),
+        "total": figures(total, case.frames, case.output_hw, max(vram_values) if vram_values else None,
+                         timer.peak_rss()),
         "model_build_seconds": m.build_s,
     }
     return record, out
@@ -375,6 +382,13 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
+
+
+def fastest(records: list[dict]) -> dict:
+    """The record with the shortest total; `repeats_total_seconds` lists every repeat's total."""
+    best = dict(min(records, key=lambda r: r["total"]["seconds"]))
+    best["repeats_total_seconds"] = [r["total"]["seconds"] for r in records]
+    return best
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -435,8 +449,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         metavar=("A", "B"), help="the two variants --check compares (default fast eager)")
     parser.add_argument("--native", action="store_true",
                         help="also run ComfyUI's native SeedVR2 on the same case (bench/e2e_native.py, in the host's venv)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run each case/budget this many times and keep the fastest (noisy machines; default 1)")
     parser.add_argument("--json", type=Path, help="write the records here")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     for b in args.budgets or []:
         if b != "resident" and not _is_number(b):
             parser.error(f"--budgets takes 'resident' or card sizes in GB, got {b!r}")
@@ -479,8 +497,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{a_variant.name} {a['check']['speedup']:.2f}x faster", flush=True)
                 records += [a, b]
             else:
-                record, _ = run_upscale(models, case, device, budget, args.blocks, args.variant, args.input_scale,
-                                        args.color)
+                runs = [run_upscale(models, case, device, budget, args.blocks, args.variant, args.input_scale,
+                                    args.color)[0] for _ in range(args.repeats)]
+                record = fastest(runs)
                 print_record(record)
                 records.append(record)
         del models

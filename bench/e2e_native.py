@@ -9,9 +9,10 @@ find the host and re-run itself here:
     $PY bench/e2e_native.py --comfyui DIR --case paper --budgets resident 24
     $PY bench/e2e_native.py --comfyui DIR --check-layout      # our keys -> native keys, all models
 
-It takes the options of `bench/e2e.py` (cases, frames, size, batch, budgets, --json) and prints, for
-each case and budget, ours and native per phase and the ratio ours/native of the seconds (< 1:
-ours is faster) and both peak VRAMs.
+It takes the options of `bench/e2e.py` (cases, frames, size, batch, budgets, --repeats, --json) and
+prints, for each case and budget, ours and native per phase and the ratio ours/native of the seconds
+(< 1: ours is faster) and both peak VRAMs. With --repeats N the two alternate N times and the fastest
+run of each is compared (the first run of a process pays warm-up; a shared machine's load varies).
 
 Native's code path is its video template (`utility_seedvr2_3b_int8_upscale_video.json`), its nodes
 called in-process in the order the executor would run them:
@@ -265,7 +266,7 @@ def run_native(patcher, vae, m: e2e.Models, case: e2e.Case, device: torch.device
         "color_correction": color, "plan": f"native {TILED}, output {out_hw[1]}x{out_hw[0]}",
         "chunks": len(chunks), "phases": phases, "other_seconds": total - sum(timer.seconds.values()),
         "total": e2e.figures(total, case.frames, case.output_hw, max(vram_values) if vram_values else None,
-                             sampler.peak),
+                             timer.peak_rss()),
         "model_build_seconds": m.build_s,
     }
 
@@ -321,10 +322,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nbuilt {case.model} models in {models.build_s:.1f} s, native loaded them in "
               f"{time.perf_counter() - t0:.1f} s (RSS {e2e.rss() / e2e.GiB:.2f} GiB)", flush=True)
         for budget in budgets:
-            ours, _ = e2e.run_upscale(models, case, device, budget, args.blocks, args.variant, args.input_scale,
-                                      args.color)
+            ours_runs, native_runs = [], []
+            for _ in range(args.repeats):  # alternating, so that warm-up and machine load hit both alike
+                ours_runs.append(e2e.run_upscale(models, case, device, budget, args.blocks, args.variant,
+                                                 args.input_scale, args.color)[0])
+                native_runs.append(run_native(patcher, vae, models, case, device, budget, args.input_scale,
+                                              args.color))
+            ours, native = e2e.fastest(ours_runs), e2e.fastest(native_runs)
             e2e.print_record(ours)
-            native = run_native(patcher, vae, models, case, device, budget, args.input_scale, args.color)
             e2e.print_record(native)
             r = ratios(ours, native)
             ours["vs_native"] = r

@@ -59,12 +59,18 @@ def test_phase_timer_measures_each_phase_from_first_to_last_report() -> None:
     class FakeSampler:
         peak = 1
 
-    timer = e2e.PhaseTimer(torch.device("cpu"), FakeSampler())
+    sampler = FakeSampler()
+    timer = e2e.PhaseTimer(torch.device("cpu"), sampler)
     timer.sync = lambda: next(clock)  # type: ignore[method-assign]
+    big = 1 << 50  # far above any real RSS, which each phase start re-reads
     for report in [("encode", 0, 2), ("encode", 1, 2), ("encode", 2, 2), ("dit", 0, 1), ("dit", 1, 1),
                    ("decode", 0, 1), ("decode", 1, 1)]:
         timer(*report)
+        if report == ("encode", 1, 2):
+            sampler.peak = big  # the encode phase's peak, sampled mid-phase
     assert timer.seconds == {"encode": 2.0, "dit": 0.25, "decode": 1.0}
+    assert timer.rss["encode"] == big and timer.rss["dit"] < big and timer.rss["decode"] < big
+    assert timer.peak_rss() == big  # the run's peak survives the per-phase restarts
 
 
 def test_streamed_budget_runs_block_swap_on_cpu(tmp_path: Path) -> None:
@@ -126,3 +132,38 @@ def test_bad_budget_is_named(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         e2e.parse_args(["--budgets", "lots"])
     assert "--budgets takes 'resident' or card sizes in GB, got 'lots'" in capsys.readouterr().err
+
+
+def test_native_state_dict_adds_natives_conditioning_buffers() -> None:
+    """Native's single-file DiT = our (official) keys + its two text-conditioning buffers, in the weights'
+    dtype, sharing our tensors; a state dict that already has them is refused rather than overwritten."""
+    import e2e_native
+
+    state = {"blocks.0.attn.proj_qkv.vid.weight": torch.ones(2, 2, dtype=torch.bfloat16)}
+    pos, neg = torch.randn(58, 5120), torch.randn(64, 5120)
+    out = e2e_native.native_state_dict(state, pos, neg)
+    assert set(out) == {*state, "positive_conditioning", "negative_conditioning"}
+    assert out["positive_conditioning"].shape == (58, 5120) and out["negative_conditioning"].shape == (64, 5120)
+    assert out["positive_conditioning"].dtype == torch.bfloat16
+    assert torch.equal(out["positive_conditioning"].float(), pos.bfloat16().float())
+    assert out["blocks.0.attn.proj_qkv.vid.weight"] is state["blocks.0.attn.proj_qkv.vid.weight"]
+    with pytest.raises(ValueError, match="already holds native's keys"):
+        e2e_native.native_state_dict(out, pos, neg)
+
+
+def test_native_spec_matches_our_small_dit() -> None:
+    """The `small` case's native unet_config describes the same DiT as our config (so the side-by-side
+    compares equal models): width, heads, head size, depth, mm layers, rope."""
+    spec = e2e._model_specs()["small"]
+    c = e2e.SMALL_DIT_CONFIG
+    n = spec.native
+    assert (n["vid_dim"], n["heads"], n["head_dim"], n["num_layers"], n["mm_layers"], n["rope_dim"]) == \
+        (c["vid_dim"], c["heads"], c["head_dim"], c["num_layers"], c["mm_layers"], c["rope_dim"])
+    assert c["txt_in_dim"] == 5120 and c["txt_dim"] == c["vid_dim"] and c["emb_dim"] == 6 * c["vid_dim"]
+    assert e2e._model_specs()["tiny"].native is None
+
+
+def test_repeats_keep_the_fastest_run() -> None:
+    runs = [{"total": {"seconds": s}, "case": "x"} for s in (3.0, 1.5, 2.0)]
+    best = e2e.fastest(runs)
+    assert best["total"]["seconds"] == 1.5 and best["repeats_total_seconds"] == [3.0, 1.5, 2.0]
