@@ -121,6 +121,13 @@ def test_variant_parsing_and_restoring() -> None:
     with e2e.VARIANTS["eager"].applied():
         assert os.environ["SEEDVR2_EAGER"] == "1" and torch._dynamo.config.disable is True
     assert "SEEDVR2_EAGER" not in os.environ and torch._dynamo.config.disable == before
+    os.environ["SEEDVR2_EAGER"] = "0"  # a value the user had set is put back, not dropped
+    try:
+        with e2e.VARIANTS["eager"].applied():
+            assert os.environ["SEEDVR2_EAGER"] == "1"
+        assert os.environ["SEEDVR2_EAGER"] == "0"
+    finally:
+        os.environ.pop("SEEDVR2_EAGER", None)
 
 
 def test_standard_cases_are_the_issues() -> None:
