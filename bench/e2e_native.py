@@ -23,7 +23,8 @@ called in-process in the order the executor would run them:
           SeedVR2TemporalMerge
   decode  VAEDecodeTiled (512, 128, 64, 8) -> SeedVR2PostProcessing (the same colour correction)
 ComfyUI loads models lazily, so native's encode and DiT phases include moving its VAE and DiT to
-the device; ours count that in "other". The totals compare like for like.
+the device; ours count that in "other". The totals compare like for like. Host RAM: native gets a
+copy of the weights (one more model's worth: 16 GB for the 7B in bf16).
 
 Weights: our random DiT's state dict in native's single-file layout (`native_state_dict`: our key
 names are the official ones, which native reads as they are, plus its `positive_conditioning`
@@ -186,12 +187,15 @@ def load_native(m: e2e.Models, device: torch.device):
 
     gen = torch.Generator().manual_seed(3)
     neg = torch.randn(NEGATIVE_TOKENS, m.dit.config.txt_in_dim, generator=gen)
-    sd = native_state_dict(m.dit.state_dict(), m.pos_emb, neg)
+    # Copies: ComfyUI may adopt the tensors it is given (load_state_dict(assign=True)) and our block
+    # swap re-homes ours; neither run may see the other's placement.
+    dit_state = {k: v.clone() for k, v in m.dit.state_dict().items()}
+    sd = native_state_dict(dit_state, m.pos_emb, neg)
     with detected_as(m.spec):
         patcher = comfy.sd.load_diffusion_model_state_dict(sd)
     if patcher is None:
         raise RuntimeError("ComfyUI did not recognise the DiT state dict as SeedVR2")
-    vae = comfy.sd.VAE(sd=m.vae.state_dict())
+    vae = comfy.sd.VAE(sd={k: v.clone() for k, v in m.vae.state_dict().items()})
     return patcher, vae
 
 
@@ -300,8 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     mine, rest = pre.parse_known_args(argv)
     args = e2e.parse_args(rest)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    import_comfy(mine.comfyui, device)
     specs = e2e._model_specs()
+    cases = e2e.resolve_cases(args)
+    for case in cases if not mine.check_layout else []:
+        if specs[case.model].native is None:
+            raise SystemExit(f"case {case.name}: native SeedVR2 cannot build the {case.model} models (it hard-codes "
+                             "the released VAE and DiT shapes); use --case small, paper or 7b1080")
+    import_comfy(mine.comfyui, device)
     if mine.check_layout:
         reports = [check_layout(specs[name]) for name in ("3b", "7b", "small")]
         print(json.dumps(reports, indent=1, default=str))
@@ -311,12 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     budgets = args.budgets or (["resident", "24", "12"] if device.type == "cuda" else ["resident"])
     print(f"e2e ours vs ComfyUI native ({mine.comfyui}) on {e2e.device_name(device)}", flush=True)
     records = []
-    for case in e2e.resolve_cases(args):
-        spec = specs[case.model]
-        if spec.native is None:
-            raise SystemExit(f"case {case.name}: native SeedVR2 cannot build the {case.model} models (it hard-codes "
-                             "the released VAE and DiT shapes); use --case small, paper or 7b1080")
-        models = e2e.build_models(spec, device)
+    for case in cases:
+        models = e2e.build_models(specs[case.model], device)
         t0 = time.perf_counter()
         patcher, vae = load_native(models, device)
         print(f"\nbuilt {case.model} models in {models.build_s:.1f} s, native loaded them in "
