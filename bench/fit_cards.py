@@ -122,20 +122,28 @@ def print_predicted_images(args: argparse.Namespace) -> None:
                       f"{dit_tiles} | {p.vae_tile_size or 'whole'} | {peaks} | {'yes' if p.fits else 'no'} |")
 
 
-def random_models(model: str, device: torch.device):
-    """Full-size models with random weights in host RAM (built on meta, filled in place in bf16,
-    then stored as the model's dtype: no fp32 copy of the 7B), block swap "auto" on `device`."""
-    family, dtype = MODELS[model]
-    gen = torch.Generator().manual_seed(0)
+def random_dit(config, dtype: torch.dtype, gen: torch.Generator,
+               compute_dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+    """A DiT (`seedvr2.build_dit` config: "3b", "7b" or a mapping) with random weights in host RAM:
+    built on meta, filled in place in bf16 (matrices N(0, 0.02^2), vectors N(0, 1)), then stored
+    as `dtype` (fp8: matrices only), so no fp32 copy of the 7B is ever made."""
     with torch.device("meta"):
-        dit = seedvr2.build_dit(family)
+        dit = seedvr2.build_dit(config)
     dit = dit.to(torch.bfloat16).to_empty(device="cpu").requires_grad_(False)
     with torch.no_grad():
         for p in [*dit.parameters(), *dit.buffers()]:
             if p.is_floating_point():
                 p.normal_(0.0, 0.02 if p.dim() >= 2 else 1.0, generator=gen)
     dit = _storage(dit, dtype)
-    dit.compute_dtype = torch.bfloat16
+    dit.compute_dtype = compute_dtype
+    return dit
+
+
+def random_models(model: str, device: torch.device):
+    """Full-size models with random weights in host RAM (`random_dit`), block swap "auto" on `device`."""
+    family, dtype = MODELS[model]
+    gen = torch.Generator().manual_seed(0)
+    dit = random_dit(family, dtype, gen)
     vae = seedvr2.build_vae("default").to(torch.bfloat16).requires_grad_(False)
     handle = apply_block_swap(dit, BlockSwapConfig(blocks_to_swap="auto"), device)
     pos_emb = torch.randn(58, dit.config.txt_in_dim, generator=gen)

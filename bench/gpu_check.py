@@ -1,10 +1,11 @@
 """Block swap on a real CUDA GPU, in one go: the checks a CPU machine cannot do (issue 9).
 
-    python bench/gpu_check.py                      # everything, ~8 min on an H200
-    python bench/gpu_check.py --quick              # a ~2 min subset (CUDA block-swap tests, 3B bench only)
+    python bench/gpu_check.py                      # everything, ~8 min on an H200 (+ ~3 min for e2e)
+    python bench/gpu_check.py --quick              # a ~3 min subset (CUDA block-swap tests, 3B bench, e2e at 24 GB)
+    python bench/gpu_check.py --only e2e e2e-native   # the end-to-end checks alone (~4 min)
     python bench/gpu_check.py --json gpu.json      # also write the results as JSON
     python bench/gpu_check.py --dit /models/seedvr2_ema_3b_fp16.safetensors   # a real 3B instead of random
-    python bench/gpu_check.py --cpu-smoke          # no GPU: run check (b)'s code on tiny models, CPU mode
+    python bench/gpu_check.py --cpu-smoke          # no GPU: checks (b) and (g)'s code on tiny models, CPU
 
 Checks (each one PASS/FAIL with its figures; one summary table at the end; exit status 1 if any failed):
 
@@ -28,6 +29,14 @@ Checks (each one PASS/FAIL with its figures; one summary table at the end; exit 
                   activations measured on the resident model) + 1 % slack.
   f. bench        `bench/blockswap_bench.py`'s standard CUDA table (3B and 7B shapes, 4k and 16k tokens,
                   resident / seed-style / K=1,2,3); --quick: 3B, 4k tokens, K=2.
+  g. e2e          `bench/e2e.py`: the paper case (3B, 768x1344 output, batch 21) cut to one batch of 21
+                  frames, resident and streamed to fit 24 and 12 GB, plus `--check` (fast paths vs eager
+                  at 24 GB: max |diff| <= E2E_CHECK_TOLERANCE); outputs finite. --quick: 24 GB only,
+                  no check. The whole table (100 frames, 7B 1080p) is one command, see README.
+  h. e2e-native   `bench/e2e_native.py` on the same cut paper case, resident: ours vs ComfyUI 0.33.0's
+                  native SeedVR2 (per-phase ratio, peak VRAM). Needs a ComfyUI 0.33.0 tree and a Python
+                  that imports it (SEEDVR2_COMFYUI_DIR + SEEDVR2_COMFYUI_PYTHON, or the acceptance
+                  suite's cached set-up); SKIP with the reason otherwise. Not in --quick.
 
 Without CUDA it says so and exits 0 (JSON: {"skipped": reason}). Nothing here runs at import.
 """
@@ -67,6 +76,10 @@ class CheckFailed(AssertionError):
     """A check's property does not hold (the message says what was measured)."""
 
 
+class CheckSkipped(Exception):
+    """A check cannot run here (the message says why); neither a pass nor a failure."""
+
+
 @dataclass
 class Result:
     name: str
@@ -84,6 +97,8 @@ def run_check(name: str, fn: Callable[[], tuple[str, dict[str, Any]]], results: 
     try:
         summary, figures = fn()
         results.append(Result(name, "PASS", time.perf_counter() - t0, summary, figures))
+    except CheckSkipped as exc:
+        results.append(Result(name, "SKIP", time.perf_counter() - t0, str(exc)[:160]))
     except CheckFailed as exc:
         results.append(Result(name, "FAIL", time.perf_counter() - t0, str(exc).splitlines()[0][:160],
                               detail=str(exc)))
@@ -158,11 +173,9 @@ def write_random_3b(folder: Path, txt_tokens: int = 58) -> str:
 
 def released_vae(dtype: torch.dtype) -> nn.Module:
     """The released VAE's architecture with random weights (PyTorch's default init: outputs stay finite)."""
-    from seedvr2 import build_vae
+    from e2e import random_vae
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return build_vae("default", dtype=dtype).eval().requires_grad_(False)
+    return random_vae("default", dtype)
 
 
 def check_inference_mode_swap(case: InferenceCase, device: torch.device) -> tuple[str, dict]:
@@ -445,6 +458,83 @@ def check_bench(quick: bool) -> tuple[str, dict]:
 
 
 # ------------------------------------------------------------------------------------------------
+# (g) the end-to-end bench, (h) side by side with ComfyUI native
+
+E2E_FRAMES = 21            # one batch of the paper case: ~8 min budget for the whole gpu_check
+E2E_CHECK_TOLERANCE = 0.1  # max |diff| in 0..1 output between fast paths and eager; above: broken, not rounding
+
+
+def check_e2e(device: torch.device, case_name: str, frames: int | None, budgets: list[str],
+              check_budget: str | None) -> tuple[str, dict]:
+    """`bench/e2e.py`'s runs of one case: each budget once (finite output of the case's size), and at
+    `check_budget` also the eager variant, whose output must match within E2E_CHECK_TOLERANCE."""
+    import e2e
+
+    case = e2e.CASES[case_name] if frames is None else e2e.replace(e2e.CASES[case_name], frames=frames)
+    models = e2e.build_models(e2e._model_specs()[case.model], device)
+    rows, figures = [], {"case": e2e.asdict(case), "runs": []}
+    for budget in budgets:
+        record, out = e2e.run_upscale(models, case, device, budget, None, e2e.VARIANTS["fast"], 0.5, "wavelet")
+        e2e.print_record(record)
+        expect(bool(torch.isfinite(out).all()) and tuple(out.shape[1:3]) == case.output_hw,
+               f"{budget}: output {tuple(out.shape)} not finite or not {case.output_hw}")
+        figures["runs"].append(record)
+        rows.append(f"{budget}: {record['total']['seconds']:.1f}s {record['total']['fps']:.2f} fps "
+                    f"{e2e_gib(record['total']['peak_vram_bytes'])} GiB")
+        if budget == check_budget:
+            eager, out_eager = e2e.run_upscale(models, case, device, budget, None, e2e.VARIANTS["eager"], 0.5,
+                                               "wavelet")
+            e2e.print_record(eager)
+            diff = max_diff(out, out_eager)
+            figures["check"] = {"max_abs_diff": diff, "speedup": eager["total"]["seconds"] / record["total"]["seconds"],
+                                "eager": eager}
+            rows.append(f"check: max|diff| {diff:.3g}, fast {figures['check']['speedup']:.2f}x eager")
+            expect(diff <= E2E_CHECK_TOLERANCE, f"fast paths differ from eager by {diff} > {E2E_CHECK_TOLERANCE}")
+        del out
+    return f"{case.name} case, {case.frames} frames: " + "; ".join(rows), figures
+
+
+def check_e2e_native(tmp: Path) -> tuple[str, dict]:
+    tree, python = _native_host()
+    out = tmp / "e2e_native.json"
+    cmd = [str(python), str(BENCH / "e2e_native.py"), "--comfyui", str(tree), "--case", "paper", "--frames",
+           str(E2E_FRAMES), "--budgets", "resident", "--json", str(out)]
+    print("$", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    print((proc.stdout + proc.stderr)[-6000:], flush=True)
+    expect(proc.returncode == 0 and out.is_file(), f"e2e_native exit {proc.returncode}: {proc.stderr[-2000:]}")
+    runs = json.loads(out.read_text())["runs"]
+    ours = next(r for r in runs if r["variant"] != "native")
+    native = next(r for r in runs if r["variant"] == "native")
+    vs = ours["vs_native"]
+    return (f"ours/native seconds: encode {vs['encode']:.2f}, dit {vs['dit']:.2f}, decode {vs['decode']:.2f}, "
+            f"total {vs['total']:.2f}; peak VRAM {e2e_gib(vs['peak_vram_ours_bytes'])} / "
+            f"{e2e_gib(vs['peak_vram_native_bytes'])} GiB"), {"ours": ours, "native": native}
+
+
+def e2e_gib(v: int | None) -> str:
+    return "-" if v is None else f"{v / GiB:.2f}"
+
+
+def _native_host() -> tuple[Path, Path]:
+    """The ComfyUI 0.33.0 tree and a Python that imports it, without building anything (no network)."""
+    import os
+
+    tree, python = os.environ.get("SEEDVR2_COMFYUI_DIR"), os.environ.get("SEEDVR2_COMFYUI_PYTHON")
+    if not (tree and python):
+        cached = Path(os.environ.get("SEEDVR2_ACCEPTANCE_DIR", Path(tempfile.gettempdir()) / "seedvr2-acceptance"))
+        tree, python = str(cached / "0.33.0" / "comfyui"), str(cached / "0.33.0" / "venv" / "bin" / "python")
+    if not (Path(tree, "comfy", "ldm", "seedvr").is_dir() and Path(python).is_file()):
+        raise CheckSkipped(f"no ComfyUI 0.33.0 host here ({tree}, {python}): set SEEDVR2_COMFYUI_DIR and "
+                           "SEEDVR2_COMFYUI_PYTHON, or run .ci/setup_comfyui.sh 0.33.0 first")
+    probe = subprocess.run([python, "-c", "import torch; assert torch.cuda.is_available()"], capture_output=True,
+                           text=True, timeout=300)
+    if probe.returncode != 0:
+        raise CheckSkipped(f"{python} has no CUDA torch: {probe.stderr.strip().splitlines()[-1:]}")
+    return Path(tree), Path(python)
+
+
+# ------------------------------------------------------------------------------------------------
 
 def print_summary(results: list[Result], header: str) -> None:
     print(f"\n{'=' * 100}\n{header}")
@@ -480,9 +570,10 @@ def main(argv: list[str] | None = None) -> int:
                                                  "written to a temp folder and deleted)")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the random checkpoint (needs ~7 GB)")
     parser.add_argument("--only", nargs="+", default=None,
-                        help="run only these checks: cuda-tests 3b-inference fresh-slot pin-refused peak-memory bench")
+                        help="run only these checks: cuda-tests 3b-inference fresh-slot pin-refused peak-memory bench "
+                             "e2e e2e-native")
     parser.add_argument("--cpu-smoke", action="store_true",
-                        help="no GPU needed: run check (b) on the tiny test models in block swap's CPU mode")
+                        help="no GPU needed: run checks (b) and (g) on the tiny test models in block swap's CPU mode")
     args = parser.parse_args(argv)
 
     results: list[Result] = []
@@ -492,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
             case = tiny_case(Path(tmp))
             run_check("3b-inference", lambda: check_inference_mode_swap(case, torch.device("cpu")), results)
+        run_check("e2e", lambda: check_e2e(torch.device("cpu"), "tiny", None, ["resident", "12"], "12"), results)
         return finish(results, header, args.json)
 
     if not torch.cuda.is_available():
@@ -528,6 +620,13 @@ def main(argv: list[str] | None = None) -> int:
         run_check("peak-memory", lambda: check_peak_memory(device, args.quick), results)
     if wanted("bench"):
         run_check("bench", lambda: check_bench(args.quick), results)
+    if wanted("e2e"):
+        budgets = ["24"] if args.quick else ["resident", "24", "12"]
+        run_check("e2e", lambda: check_e2e(device, "paper", E2E_FRAMES, budgets, None if args.quick else "24"),
+                  results)
+    if wanted("e2e-native") and not args.quick:
+        with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+            run_check("e2e-native", lambda: check_e2e_native(Path(tmp)), results)
     print(f"\ntotal {time.perf_counter() - t_start:.0f}s")
     return finish(results, header, args.json)
 
