@@ -169,7 +169,10 @@ def read_state_dict(path: str | os.PathLike, keys: KeyFilter = None, rename: Ren
         names = [n for n in infos if selected(n)]
         out_names = _renamed(names, rename, path)
         from .quant.gguf_file import read_gguf_tensors
-        tensors = read_gguf_tensors(path, infos, names)
+        try:
+            tensors = read_gguf_tensors(path, infos, names)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
         return {out_names[n]: tensors[n] for n in sorted(names)}
     state = _load_pth(path)
     names = [n for n in state if selected(n)]
