@@ -356,3 +356,21 @@ def test_damaged_copies_of_a_real_gguf_dit_are_refused_by_name(tiny_q8_gguf, tmp
             assert str(path) in str(exc), str(exc)
         tried += 1
     assert tried >= 50
+
+
+def test_the_longest_header_the_parser_accepts_parses_in_seconds_not_minutes(tmp_path):
+    """A hostile header of MAX_VALUES tiny strings (a 128 MiB file with the former 2^24 limit) took
+    over a minute to refuse. Timed on 10^5 strings and scaled to the limit (a bound, with a wide
+    margin for slow machines): it must stay well under half a minute."""
+    import time  # noqa: PLC0415
+
+    from seedvr2.quant import gguf_reader  # noqa: PLC0415
+
+    n = 100_000
+    path = tmp_path / "strings.gguf"
+    path.write_bytes(_header(0, _s("words") + struct.pack("<IIQ", 9, 8, n) + struct.pack("<Q", 0) * n, 1) + b"\0" * 64)
+    start = time.perf_counter()
+    metadata, _ = parse_gguf(path)
+    elapsed = time.perf_counter() - start
+    assert metadata == {"words": [""] * n}
+    assert elapsed * gguf_reader.MAX_VALUES / n < 30, f"{elapsed:.2f} s for {n} strings"
