@@ -100,11 +100,17 @@ def swap_in_quant_linears(model: nn.Module, schemes: Mapping[str, QuantScheme]) 
             parent = None
         old = getattr(parent, attr, None)
         if not isinstance(old, nn.Linear):
-            raise KeyError(f"{path}: the checkpoint quantizes this weight, but the model has no Linear layer there")
+            raise KeyError(f"{_shown(path)}: the checkpoint quantizes this weight, but the model has no Linear layer there")
         try:
             with torch.device(old.weight.device):
                 new = QuantLinear(old.in_features, old.out_features, old.bias is not None, scheme)
         except ValueError as exc:
-            raise KeyError(f"{path}: the checkpoint stores this {old.out_features}x{old.in_features} layer as "
+            raise KeyError(f"{_shown(path)}: the checkpoint stores this {old.out_features}x{old.in_features} layer as "
                            f"{scheme!r}, which cannot hold it ({exc})") from None
         setattr(parent, attr, new)
+
+
+def _shown(name: str, limit: int = 120) -> str:
+    """A layer name from a file, quoted and shortened for a message (it may hold anything)."""
+    text = repr(name)
+    return text if len(text) <= limit else text[:limit] + "..."
