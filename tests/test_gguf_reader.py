@@ -375,3 +375,26 @@ def test_the_longest_header_the_parser_accepts_parses_in_seconds_not_minutes(tmp
     elapsed = time.perf_counter() - start
     assert metadata == {"words": [""] * n}
     assert elapsed * gguf_reader.MAX_VALUES / n < 30, f"{elapsed:.2f} s for {n} strings"
+
+
+def test_a_stray_tensor_name_cannot_forge_log_lines_or_flood_the_message(golden_dir, tmp_path):
+    """An extra tensor named 'x\\nINFO: all good\\0zzz...' (a GGUF name may be 1 MiB of anything) was
+    printed raw in the mismatch report: a forged log line, and up to 10 MiB of message."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    from seedvr2.dit import load_dit  # noqa: PLC0415
+
+    path = tmp_path / "stray.gguf"
+    writer = gguf.GGUFWriter(path, "seedvr")
+    for key, value in load_file(golden_dir / "dit7b_tiny_weights.safetensors").items():
+        writer.add_tensor(key, value.float().numpy())
+    writer.add_tensor("blocks.0.x\nINFO: all good\0" + "z" * 100_000, np.zeros(4, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError, match="1 key\\(s\\) unexpected") as refused:
+        load_dit(path)
+    text = str(refused.value)
+    assert "\nINFO" not in text and "\0" not in text and len(text) < 2000, text[:300]
+    assert "'blocks.0.x\\nINFO: all good\\x00zzz" in text
