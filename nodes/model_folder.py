@@ -11,6 +11,7 @@ import os
 import folder_paths
 
 from ..seedvr2.models import MODEL_EXTENSIONS, confined_model_path, downloadable_name, known_files, refusal
+from ..seedvr2.models.confine import staged_name
 from ..seedvr2.models.download import guess_kind
 
 FOLDER_KEY = "seedvr2"
@@ -36,7 +37,7 @@ def download_dir() -> str:
 
 def choices(kind: str) -> list[str]:
     """Local files of `kind` (by name), then the known downloadable ones not present yet."""
-    local = [f for f in folder_paths.get_filename_list(FOLDER_KEY) if guess_kind(f) == kind]
+    local = [f for f in folder_paths.get_filename_list(FOLDER_KEY) if guess_kind(f) == kind and not staged_name(f)]
     present = {os.path.basename(f) for f in local}
     return local + [m.name for m in known_files(kind) if m.name not in present]
 
@@ -49,7 +50,7 @@ def confined_model(name: object, kind: str, input_name: str = "model") -> str:
     found = confined_model_path(name, model_dirs())
     if found is not None:
         return str(found)
-    if isinstance(name, str) and name in folder_paths.get_filename_list(FOLDER_KEY):
+    if isinstance(name, str) and not staged_name(name) and name in folder_paths.get_filename_list(FOLDER_KEY):
         listed = folder_paths.get_full_path(FOLDER_KEY, name)
         if listed and os.path.isfile(listed):
             return listed

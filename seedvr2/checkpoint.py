@@ -169,7 +169,10 @@ def read_state_dict(path: str | os.PathLike, keys: KeyFilter = None, rename: Ren
         names = [n for n in infos if selected(n)]
         out_names = _renamed(names, rename, path)
         from .quant.gguf_file import read_gguf_tensors
-        tensors = read_gguf_tensors(path, infos, names)
+        try:
+            tensors = read_gguf_tensors(path, infos, names)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
         return {out_names[n]: tensors[n] for n in sorted(names)}
     state = _load_pth(path)
     names = [n for n in state if selected(n)]
@@ -268,7 +271,7 @@ def load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], *, what: s
 
 def _mismatch_report(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
     missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
+    unexpected = [_file_name_shown(k) for k in given if k not in expected]
     misshaped = [f"{k}: file {list(given[k].shape)}, model {list(expected[k].shape)}"
                  for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
     mistyped = [f"{k}: file {given[k].dtype}, model expects a floating-point tensor"
@@ -286,6 +289,15 @@ def _mismatch_report(expected: Mapping[str, torch.Tensor], given: Mapping[str, t
         lines.append(f"  (model has {len(expected)} tensors, file has {len(given)}.) Check that the file is "
                      "the right model and variant, and that it downloaded completely.")
     return "\n".join(lines)
+
+
+def _file_name_shown(name: str, limit: int = 120) -> str:
+    """A key from the file as a report line shows it: as is when short and printable, else quoted
+    and cut (a damaged or hostile file's key may hold newlines, NULs or a megabyte of text)."""
+    if name.isprintable() and len(name) <= limit:
+        return name
+    text = repr(name)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _materialize_buffers(module: nn.Module, device: torch.device, what: str) -> None:

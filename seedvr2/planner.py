@@ -469,7 +469,12 @@ def _why(m: _ModelTerms, shape: _Shape, peaks: dict[str, int], usable: int, swap
     parts = []
     if "dit" in over:
         act = _dit_activations(m, shape, tiles)
-        if tiles is None:
+        if peaks["dit"] - act > usable:  # weights and workspace alone: no batch or resolution helps
+            parts.append(f"the DiT phase needs {peaks['dit'] / GiB:.1f} GiB with all {swapped} blocks swapped, "
+                         f"{(peaks['dit'] - act) / GiB:.1f} GiB of it for the model's weights on the device and "
+                         "workspace alone, whatever the batch_size or resolution; free VRAM, or use a smaller "
+                         "or quantized model")
+        elif tiles is None:
             parts.append(f"the DiT phase needs {peaks['dit'] / GiB:.1f} GiB with all {swapped} blocks swapped "
                          f"({act / GiB:.1f} GiB of activations for {shape.tokens} tokens at batch "
                          f"{settings.batch_size}); use a smaller batch_size or resolution")
@@ -481,7 +486,7 @@ def _why(m: _ModelTerms, shape: _Shape, peaks: dict[str, int], usable: int, swap
     if vae:
         parts.append(f"VAE {' and '.join(vae)} need{'s' if len(vae) == 1 else ''} "
                      f"{max(peaks[p] for p in vae) / GiB:.1f} GiB even with {tile}-px tiles")
-    return (f"{'; '.join(parts)}; {usable / GiB:.1f} GiB usable after the reserve, "
+    return (f"{'; '.join(parts)}; {max(usable, 0) / GiB:.1f} GiB usable after the reserve, "
             f"at least {min_vram / GiB:.1f} GiB of VRAM would fit these settings")
 
 

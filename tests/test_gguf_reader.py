@@ -16,7 +16,7 @@ import torch
 
 from seedvr2.checkpoint import CheckpointError
 from seedvr2.quant.ggml import GGML_TYPES
-from seedvr2.quant.gguf_file import read_gguf_header, read_gguf_tensors
+from seedvr2.quant.gguf_file import ORIG_SHAPE_KEY, read_gguf_header, read_gguf_tensors
 from seedvr2.quant.gguf_reader import GGML_TYPE_NAMES, GGUFFormatError, parse_gguf
 
 gguf = pytest.importorskip("gguf", reason="the optional 'gguf' package is the reference for these tests")
@@ -134,7 +134,7 @@ def test_mappings_are_few_and_dropped_with_their_tensors(tmp_path):
     writer.write_tensors_to_file()
     writer.close()
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
-            "from seedvr2.quant.gguf_file import read_gguf_header, read_gguf_tensors\n"
+            "from seedvr2.quant.gguf_file import ORIG_SHAPE_KEY, read_gguf_header, read_gguf_tensors\n"
             f"infos, _ = read_gguf_header({str(path)!r}); t = read_gguf_tensors({str(path)!r}, infos)\n"
             "assert all(float(t[f't{i}'].sum()) == 32 * i for i in range(300)); print(len(t))\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
@@ -205,6 +205,12 @@ HOSTILE = {
                      "(at most 1048576 are read)"),
     "unknown type": (_header(1) + _tensor("w", (8,), type_id=77) + b"\0" * 64, "GGML type #77 (unknown)"),
     "partial block": (_header(1) + _tensor("w", (20,), type_id=8) + b"\0" * 64, "not a whole number of 32-value"),
+    "empty with a 2^64-1 dim": (_header(1) + _tensor("w", (2**64 - 1, 0)) + b"\0" * 64, "a dimension over 2^63 - 1"),
+    "empty with a huge orig_shape": (_header(1, _s(ORIG_SHAPE_KEY + "w") + struct.pack("<IIQ2Q", 9, 10, 2, 2**63, 0), 1)
+                                     + _tensor("w", (0,)) + b"\0" * 64, "a dimension over 2^63 - 1"),
+    "aliased tensors": (_header(2) + _tensor("a", (16,)) + _tensor("b", (16,)) + b"\0" * 160, "share bytes"),
+    "overlapping tensors": (_header(2) + _tensor("a", (16,)) + _tensor("b", (16,), offset=32) + b"\0" * 256,
+                            "share bytes"),
 }
 
 
@@ -245,3 +251,150 @@ def test_too_many_values_end_the_parse_quickly(tmp_path, monkeypatch):
 
 def test_format_errors_are_value_errors_for_the_callers():
     assert issubclass(GGUFFormatError, ValueError)
+
+
+def test_empty_tensors_next_to_each_other_are_not_overlaps(tmp_path):
+    path = tmp_path / "empty.gguf"
+    path.write_bytes(_header(3) + _tensor("a", (0, 4)) + _tensor("b", (16,)) + _tensor("c", (4, 0)) + b"\0" * 128)
+    tensors = read_gguf_tensors(path, read_gguf_header(path)[0])
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {"a": (4, 0), "b": (16,), "c": (0, 4)}
+
+
+def test_a_file_truncated_after_its_header_was_read_is_refused_by_name(tmp_path, monkeypatch):
+    """Between the header check and the mapping the file may change (a copy over it): Python's mmap
+    then refuses the length, which must reach the user as a CheckpointError naming the file."""
+    import os  # noqa: PLC0415
+
+    import seedvr2.quant.gguf_file as gguf_file  # noqa: PLC0415
+    from seedvr2.checkpoint import read_state_dict  # noqa: PLC0415
+
+    path = tmp_path / "shrinks.gguf"
+    path.write_bytes(_header(1) + _tensor("w", (64,)) + b"\0" * 512)
+    real = gguf_file.read_gguf_tensors
+
+    def truncate_first(p, infos, names=None):
+        os.truncate(p, 40)
+        return real(p, infos, names)
+
+    monkeypatch.setattr(gguf_file, "read_gguf_tensors", truncate_first)
+    with pytest.raises(CheckpointError, match="changed or truncated while loading") as refused:
+        read_state_dict(path)
+    assert str(refused.value).startswith(str(path))
+
+
+@pytest.fixture(scope="module")
+def tiny_q8_gguf(tmp_path_factory, golden_dir):
+    from seedvr2.convert import convert  # noqa: PLC0415
+
+    path = tmp_path_factory.mktemp("gguf_fuzz") / "tiny7b-Q8_0.gguf"
+    convert(golden_dir / "dit7b_tiny_weights.safetensors", path, "q8_0")
+    return path
+
+
+def _first_tensor_named(data: bytes, prefix: bytes) -> int:
+    return data.index(prefix, data.index(b"blocks.0."))
+
+
+def test_a_quantized_tensor_under_a_name_the_model_lacks_is_a_checkpoint_error(tiny_q8_gguf, tmp_path):
+    """Found by fuzzing: one changed byte in a quantized weight's name ('proj_out' -> 'proj]out')
+    ended in torch's AttributeError from get_submodule instead of a CheckpointError."""
+    from seedvr2.dit import load_dit  # noqa: PLC0415
+
+    data = bytearray(tiny_q8_gguf.read_bytes())
+    at = data.index(b"attn.proj_out.vid.weight") + len(b"attn.proj")
+    data[at:at + 1] = b"]"
+    path = tmp_path / "renamed.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"'blocks.\d.attn.proj]out.vid': the checkpoint quantizes this weight, but the model"):
+        load_dit(path)
+
+
+def test_a_quantized_layer_whose_model_size_is_not_whole_blocks_is_a_checkpoint_error():
+    """Found by fuzzing: a file that makes a quantized layer's input size (from the config) not whole
+    blocks ended in a bare ValueError from row_bytes inside QuantLinear."""
+    from torch import nn  # noqa: PLC0415
+
+    from seedvr2.quant.linear import GGMLScheme, swap_in_quant_linears  # noqa: PLC0415
+
+    model = nn.Sequential(nn.Linear(48, 64))
+    with pytest.raises(KeyError, match="stores this 64x48 layer as Q8_0, which cannot hold it"):
+        swap_in_quant_linears(model, {"0": GGMLScheme(GGML_TYPES["Q8_0"])})
+    with pytest.raises(KeyError, match="the model has no Linear layer there") as refused:
+        swap_in_quant_linears(model, {"1.x\n" + "y" * 5000: GGMLScheme(GGML_TYPES["Q8_0"])})
+    assert "\n" not in refused.value.args[0] and len(refused.value.args[0]) < 300  # a file's name, quoted and cut
+
+
+def test_damaged_copies_of_a_real_gguf_dit_are_refused_by_name(tiny_q8_gguf, tmp_path):
+    """Fuzz (bounded to ~3 s): the tiny Q8_0 DiT truncated at every byte of its header, then random
+    bit flips in the header. Each load either works or raises CheckpointError naming the file; never
+    another exception, a crash or a hang. (An offline run of 16k flips and every truncation found the
+    two errors tested above.)"""
+    import random  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from seedvr2.dit import load_dit  # noqa: PLC0415
+
+    data = tiny_q8_gguf.read_bytes()
+    header_end = min(i.offset for i in read_gguf_header(tiny_q8_gguf)[0].values())
+    rng = random.Random(1234)
+    cuts = sorted(rng.sample(range(header_end + 64), 300)) + [len(data) - 1]
+    flips = []
+    for _ in range(400):
+        damaged = bytearray(data[:header_end + 32])
+        for _ in range(rng.randint(1, 3)):
+            damaged[rng.randrange(header_end)] ^= 1 << rng.randrange(8)
+        flips.append(bytes(damaged) + data[header_end + 32:])
+    path = tmp_path / "damaged.gguf"
+    deadline = time.monotonic() + 3
+    tried = 0
+    for damaged in [data[:cut] for cut in cuts] + flips:
+        if time.monotonic() > deadline and tried >= 50:
+            break
+        path.write_bytes(damaged)
+        try:
+            load_dit(path, compute_dtype=torch.float32)
+        except CheckpointError as exc:
+            assert str(path) in str(exc), str(exc)
+        tried += 1
+    assert tried >= 50
+
+
+def test_the_longest_header_the_parser_accepts_parses_in_seconds_not_minutes(tmp_path):
+    """A hostile header of MAX_VALUES tiny strings (a 128 MiB file with the former 2^24 limit) took
+    over a minute to refuse. Timed on 10^5 strings and scaled to the limit (a bound, with a wide
+    margin for slow machines): it must stay well under half a minute."""
+    import time  # noqa: PLC0415
+
+    from seedvr2.quant import gguf_reader  # noqa: PLC0415
+
+    n = 100_000
+    path = tmp_path / "strings.gguf"
+    path.write_bytes(_header(0, _s("words") + struct.pack("<IIQ", 9, 8, n) + struct.pack("<Q", 0) * n, 1) + b"\0" * 64)
+    start = time.perf_counter()
+    metadata, _ = parse_gguf(path)
+    elapsed = time.perf_counter() - start
+    assert metadata == {"words": [""] * n}
+    assert elapsed * gguf_reader.MAX_VALUES / n < 30, f"{elapsed:.2f} s for {n} strings"
+
+
+def test_a_stray_tensor_name_cannot_forge_log_lines_or_flood_the_message(golden_dir, tmp_path):
+    """An extra tensor named 'x\\nINFO: all good\\0zzz...' (a GGUF name may be 1 MiB of anything) was
+    printed raw in the mismatch report: a forged log line, and up to 10 MiB of message."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    from seedvr2.dit import load_dit  # noqa: PLC0415
+
+    path = tmp_path / "stray.gguf"
+    writer = gguf.GGUFWriter(path, "seedvr")
+    for key, value in load_file(golden_dir / "dit7b_tiny_weights.safetensors").items():
+        writer.add_tensor(key, value.float().numpy())
+    writer.add_tensor("blocks.0.x\nINFO: all good\0" + "z" * 100_000, np.zeros(4, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError, match="1 key\\(s\\) unexpected") as refused:
+        load_dit(path)
+    text = str(refused.value)
+    assert "\nINFO" not in text and "\0" not in text and len(text) < 2000, text[:300]
+    assert "'blocks.0.x\\nINFO: all good\\x00zzz" in text

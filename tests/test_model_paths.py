@@ -59,6 +59,22 @@ def test_only_names_inside_the_model_folders_resolve(folders):
         assert confined_model_path(name, dirs) is None, name
 
 
+def test_a_download_still_in_staging_is_never_a_model(folders):
+    """A staged file is not verified yet (or was left by a process killed while hashing it): a
+    prompt naming it is refused, whatever the spelling, while the same file outside staging loads."""
+    models, extra, _ = folders
+    staged = models / ".downloads" / "sub"
+    staged.mkdir(parents=True)
+    (staged / "seedvr2_ema_3b_fp16.safetensors").write_bytes(b"unverified")
+    (models / ".downloads" / "seedvr2_ema_3b_fp16.safetensors").write_bytes(b"unverified")
+    for name in (".downloads/seedvr2_ema_3b_fp16.safetensors", ".downloads/sub/seedvr2_ema_3b_fp16.safetensors",
+                 ".downloads\\seedvr2_ema_3b_fp16.safetensors", "./.downloads/seedvr2_ema_3b_fp16.safetensors"):
+        assert confined_model_path(name, [models, extra]) is None, name
+    (models / "hidden").mkdir()
+    (models / "hidden" / "ok.safetensors").write_bytes(b"x")
+    assert confined_model_path("hidden/ok.safetensors", [models]) == models.resolve() / "hidden" / "ok.safetensors"
+
+
 def test_only_exact_registry_names_of_the_loaders_kind_are_downloadable():
     assert downloadable_name("seedvr2_ema_3b_fp16.safetensors", "dit")
     assert downloadable_name("ema_vae_fp16.safetensors", "vae")

@@ -154,3 +154,25 @@ def test_upscaler_plans_when_anything_is_auto(pack):
     assert plans(SimpleNamespace(block_swap=handle(8)), auto)
     assert not plans(SimpleNamespace(block_swap=handle(8)), fixed)
     assert not plans(SimpleNamespace(block_swap=handle("auto", active=False)), fixed)
+
+
+def test_the_download_staging_folder_is_neither_listed_nor_loadable(pack, monkeypatch, tmp_path):
+    """ComfyUI's listing skips only `.git`, so it lists an unverified download under `.downloads/`:
+    the loaders' choices leave it out and a prompt naming it is refused."""
+    folder_paths = sys.modules["folder_paths"]
+    (tmp_path / ".downloads").mkdir()
+    staged = tmp_path / ".downloads" / "seedvr2_ema_3b_fp16.safetensors"
+    staged.write_bytes(b"unverified")
+    (tmp_path / "mine_3b.safetensors").write_bytes(b"x")
+    listed = [".downloads/seedvr2_ema_3b_fp16.safetensors", "mine_3b.safetensors"]
+    monkeypatch.setattr(folder_paths, "get_filename_list", lambda key: listed, raising=False)
+    monkeypatch.setattr(folder_paths, "get_folder_paths", lambda key: [str(tmp_path)], raising=False)
+    monkeypatch.setattr(folder_paths, "get_full_path", lambda key, name: str(tmp_path / name), raising=False)
+    model_folder = importlib.import_module(f"{pack.name}.nodes.model_folder")
+    choices = importlib.reload(model_folder).choices("dit")  # the fixture stubbed `choices`: the real one
+    assert ".downloads/seedvr2_ema_3b_fp16.safetensors" not in choices and "mine_3b.safetensors" in choices
+    assert model_folder.confined_model("mine_3b.safetensors", "dit") == str((tmp_path / "mine_3b.safetensors").resolve())
+    # the registry name still resolves as a download, never as the staged bytes
+    assert model_folder.confined_model("seedvr2_ema_3b_fp16.safetensors", "dit") == "seedvr2_ema_3b_fp16.safetensors"
+    with pytest.raises(Exception, match="is not a model file in the SeedVR2 model folders"):
+        model_folder.confined_model(".downloads/seedvr2_ema_3b_fp16.safetensors", "dit")

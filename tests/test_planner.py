@@ -239,3 +239,18 @@ def test_video_batches_are_never_tiled_by_the_plan():
     assert plan.dit_tile_tokens is None and not plan.fits and "smaller batch_size" in plan.reason
     image = plan_memory(dit, vae, (21, 1080, 1920, 3), UpscaleSettings(resolution=4320, batch_size=1), 12 * GiB)
     assert image.dit_tile_tokens is not None and image.peak_bytes["dit"] + image.reserve_bytes <= 12 * GiB
+
+
+def test_a_budget_under_the_models_own_floor_says_so_instead_of_blaming_the_batch():
+    """A 16x16 image on 1 GiB: its activations are nothing, the swapped model's device weights
+    exceed the budget. The reason says that, never 'use a smaller batch_size', names the minimum,
+    and never reports a negative usable memory (budget under the reserve)."""
+    dit, vae = MODELS["3b fp16"]
+    for vram in (0, GiB):
+        plan = plan_memory(dit, vae, (1, 16, 16, 3), UpscaleSettings(resolution=16, batch_size=1), vram)
+        assert not plan.fits
+        assert "weights on the device and workspace alone" in plan.reason, plan.reason
+        assert "smaller batch_size" not in plan.reason and "-" not in plan.reason.split(";")[-1], plan.reason
+        assert f"at least {plan.min_vram_bytes / GiB:.1f} GiB of VRAM would fit" in plan.reason
+    big = plan_memory(dit, vae, (81, 540, 960, 3), UpscaleSettings(resolution=1080, batch_size=81), 3 * GiB)
+    assert "use a smaller batch_size or resolution" in big.reason, big.reason  # activations do dominate there

@@ -6,6 +6,10 @@ the given folders, with a model file extension. Links that the server's owner pl
 folder and that point elsewhere are honoured only through the host's own listing of the folder
 (the caller passes it as `listed`); a name is never followed out of a folder by itself.
 
+Nothing under the download staging folder (`.downloads`) is a model: a file there is a download
+not yet verified (or left by a process killed while hashing it), and ComfyUI's own listing, which
+skips only `.git`, would otherwise offer it in the dropdown (`staged_name`).
+
 `refusal` is the one message for every refused name: it names the input and the value and says
 nothing about the file system (not whether a file exists, not what it holds).
 """
@@ -15,7 +19,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .download import MODEL_EXTENSIONS, ModelFileError
+from .download import MODEL_EXTENSIONS, STAGING_DIR, ModelFileError
 from .registry import Kind, known_file
 
 _SHOWN_CHARS = 120  # of a refused name, in the message
@@ -39,6 +43,13 @@ def downloadable_name(name: object, kind: Kind) -> bool:
         (entry := known_file(name)) is not None and entry.kind == kind
 
 
+def staged_name(name: object) -> bool:
+    """Whether `name` (relative to a model folder) lies in the download staging folder."""
+    if not isinstance(name, str):
+        return False
+    return any(flavour.parts[:1] == (STAGING_DIR,) for flavour in (PurePosixPath(name), PureWindowsPath(name)))
+
+
 def refusal(input_name: str, name: object) -> ModelFileError:
     shown = repr(name)
     if len(shown) > _SHOWN_CHARS:
@@ -56,7 +67,7 @@ def _plain_relative(name: object) -> bool:
     for flavour in (PurePosixPath(name), PureWindowsPath(name)):
         if flavour.is_absolute() or flavour.drive or flavour.root or ".." in flavour.parts:
             return False
-    return True
+    return not staged_name(name)
 
 
-__all__ = ["confined_model_path", "downloadable_name", "refusal"]
+__all__ = ["confined_model_path", "downloadable_name", "refusal", "staged_name"]

@@ -11,6 +11,12 @@ tensor would run a 7B file (1128 tensors) into the usual limit of 1024 open file
 tensors are returned as their raw bytes (``uint8 [rows..., row_bytes]``) with their ``GGMLType``;
 F32/F16/BF16 tensors as float tensors.
 
+A mapped file must not be truncated or rewritten *in place* while its tensors are alive: the
+kernel then drops the mapped pages (copy-on-write ones included) and the next access kills the
+process with SIGBUS, as with any mmap-based loader (safetensors, llama.cpp). Replacing the file by
+rename (what ``seedvr2.models.download`` and the converter do) is safe: the mapping keeps the old
+inode. A file truncated between reading its header and mapping it gives a ``ValueError`` naming it.
+
 Conventions of the published SeedVR2 GGUF files (cmeka / AInVFX, city96 tooling; see
 shared/guides/checkpoints.md 4.4): tensor names are the official state-dict keys, possibly under
 ``model.diffusion_model.``; shapes are stored in ggml order (innermost first) and are reversed here;
@@ -42,6 +48,7 @@ __all__ = ["GGUFTensorInfo", "require_gguf", "read_gguf_header", "read_gguf_tens
 ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."
 REGION_BYTES = 64 << 20  # one mapping spans consecutive tensors up to this size (or one larger tensor)
 MAX_REGIONS = 128  # for files over 8 GiB the region grows to file size / 128
+INT64_MAX = 2**63 - 1  # torch sizes are int64
 
 
 class GGUFMissingError(ImportError):
@@ -123,8 +130,22 @@ def read_gguf_header(path: str | os.PathLike) -> tuple[dict[str, GGUFTensorInfo]
         if t.offset + expected > size:
             raise ValueError(f"{path}: {which} ends past the end of the file ({size} bytes): the file is "
                              "truncated (interrupted download?); download it again")
+        if any(d > INT64_MAX for d in shape):  # an empty tensor can get here with one
+            raise ValueError(f"{path}: {which} has a dimension over 2^63 - 1 (shape {list(shape)}); the file is damaged")
         infos[t.name] = GGUFTensorInfo(t.name, shape, qtype, t.offset, expected)
+    _refuse_overlaps(path, list(infos.values()))
     return infos, metadata
+
+
+def _refuse_overlaps(path: Path, infos: list[GGUFTensorInfo]) -> None:
+    """Two tensors sharing bytes would alias each other in memory (an in-place change of one changes
+    the other) and let a small file declare a model many times its size: no GGUF writer does that."""
+    end, previous = 0, 0
+    for offset, nbytes, number in sorted((i.offset, i.nbytes, n) for n, i in enumerate(infos, 1) if i.nbytes):
+        if offset < end:
+            raise ValueError(f"{path}: tensors #{previous} and #{number} of {len(infos)} share bytes of the "
+                             "file; the file is damaged")
+        end, previous = offset + nbytes, number
 
 
 def read_gguf_tensors(path: str | os.PathLike, infos: dict[str, GGUFTensorInfo], names: list[str] | None = None
@@ -141,7 +162,11 @@ def read_gguf_tensors(path: str | os.PathLike, infos: dict[str, GGUFTensorInfo],
         for region in _regions(sorted((i for i in wanted if i.nbytes), key=lambda i: i.offset), limit):
             start = region[0].offset - region[0].offset % mmap.ALLOCATIONGRANULARITY
             end = max(i.offset + i.nbytes for i in region)
-            mapped = mmap.mmap(f.fileno(), end - start, offset=start, access=mmap.ACCESS_COPY)
+            try:
+                mapped = mmap.mmap(f.fileno(), end - start, offset=start, access=mmap.ACCESS_COPY)
+            except (ValueError, OSError) as exc:  # e.g. truncated since its header was read
+                raise ValueError(f"{path}: cannot map its tensor data ({exc}); was the file changed or "
+                                 "truncated while loading? Copy or download it again") from None
             for info in region:  # each tensor keeps the mapping alive; the last one dropped unmaps it
                 tensor = torch.frombuffer(mapped, dtype=torch.uint8, count=info.nbytes, offset=info.offset - start)
                 if info.torch_dtype != torch.uint8:

@@ -24,6 +24,7 @@ strings, since the file may be anything at this point.
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ MAX_NESTING = 2
 MAX_KEPT_VALUES = 1 << 20  # array elements kept in all (more are stepped over, their keys left out)
 MAX_ENTRIES = 1 << 16  # metadata entries and tensors (a 7B SeedVR2 file has 1128 tensors)
 MAX_STRING = 1 << 20  # bytes of one name or string value
-MAX_VALUES = 1 << 24  # metadata values parsed one by one (strings, nested arrays), kept or not
+MAX_VALUES = 1 << 20  # metadata values parsed one by one (strings, nested arrays), kept or not: a few
+# seconds at most (an LLM's tokenizer has ~2-5 x 10^5; 2^24 took over a minute on a 128 MiB file)
 ALIGNMENT_KEY = "general.alignment"
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
@@ -49,6 +51,12 @@ GGML_TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1
                    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS",
                    24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0",
                    35: "TQ2_0", 39: "MXFP4"}
+
+
+@functools.lru_cache(maxsize=64)
+def _struct(fmt: str) -> struct.Struct:
+    """A little-endian ``struct.Struct``, made once per format (the header has ~10^5 small reads)."""
+    return struct.Struct("<" + fmt)
 
 
 class GGUFFormatError(ValueError):
@@ -92,7 +100,7 @@ class _Cursor:
         self.pos += n
 
     def unpack(self, fmt: str) -> tuple:
-        st = struct.Struct("<" + fmt)
+        st = _struct(fmt)
         return st.unpack(self.take(st.size))
 
     def u32(self) -> int:

@@ -88,14 +88,29 @@ def swap_in_quant_linears(model: nn.Module, schemes: Mapping[str, QuantScheme]) 
     """Replace each ``nn.Linear`` named in ``schemes`` (module path -> scheme) by a ``QuantLinear``.
 
     The new modules are created on the device of the old weight (typically meta, before loading);
-    names not found, or not Linear layers, raise ``KeyError`` naming them.
+    names not found, not Linear layers, or layers the scheme cannot store (an input size that is not
+    whole blocks) raise ``KeyError`` naming them, so a damaged checkpoint's names and shapes never
+    surface as a bare ``AttributeError`` from torch.
     """
     for path, scheme in schemes.items():
         parent_path, _, attr = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
+        try:
+            parent = model.get_submodule(parent_path) if parent_path else model
+        except AttributeError:
+            parent = None
         old = getattr(parent, attr, None)
         if not isinstance(old, nn.Linear):
-            raise KeyError(f"{path}: the checkpoint quantizes this weight, but the model has no Linear layer there")
-        with torch.device(old.weight.device):
-            new = QuantLinear(old.in_features, old.out_features, old.bias is not None, scheme)
+            raise KeyError(f"{_shown(path)}: the checkpoint quantizes this weight, but the model has no Linear layer there")
+        try:
+            with torch.device(old.weight.device):
+                new = QuantLinear(old.in_features, old.out_features, old.bias is not None, scheme)
+        except ValueError as exc:
+            raise KeyError(f"{_shown(path)}: the checkpoint stores this {old.out_features}x{old.in_features} layer as "
+                           f"{scheme!r}, which cannot hold it ({exc})") from None
         setattr(parent, attr, new)
+
+
+def _shown(name: str, limit: int = 120) -> str:
+    """A layer name from a file, quoted and shortened for a message (it may hold anything)."""
+    text = repr(name)
+    return text if len(text) <= limit else text[:limit] + "..."
