@@ -130,10 +130,11 @@ class ResumeStore:
         if found.get("format") != FORMAT:
             raise ResumeError(f"--resume {self.path}: {MANIFEST} has format {found.get('format')!r}, expected "
                               f"{FORMAT!r}; use a new folder")
-        old = found.get("key") if isinstance(found.get("key"), dict) else {}
-        differ = sorted(k for k in set(old) | set(self.key) if old.get(k) != self.key.get(k))
+        old = _flat(found.get("key") if isinstance(found.get("key"), dict) else {})
+        new = _flat(self.key)
+        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if differ:
-            details = "; ".join(f"{k}: stored {_short(old.get(k))}, now {_short(self.key.get(k))}" for k in differ[:6])
+            details = "; ".join(f"{k}: stored {_short(old.get(k))}, now {_short(new.get(k))}" for k in differ[:6])
             raise ResumeError(f"--resume {self.path} holds batches of a different run ({details}). Rerun with the same "
                               "input and settings, or use a new folder (or delete this one) to start over")
 
@@ -204,6 +205,17 @@ class ResumeStore:
 
 def _sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _flat(key: Mapping, prefix: str = "") -> dict:
+    """{"settings": {"seed": 1}} -> {"settings.seed": 1}: a mismatch names the very field."""
+    out = {}
+    for k, v in key.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _short(value) -> str:
