@@ -199,3 +199,19 @@ def test_cli_streams_video_and_image_sequences_with_the_same_frames(tmp_path, ca
     assert names == [f"seq_{i:05d}.png" for i in range(11)]
     assert np.asarray(Image.open(tmp_path / "seq_00000.png")).shape == (16, 21, 3)  # images keep the exact size
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_readme_long_video_section_documents_real_options():
+    import re
+
+    from seedvr2.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = re.search(r"^## Long videos, resume and several GPUs \(Ray\)\n(.*?)(?=^## )", readme, re.M | re.S).group(1)
+    section = re.sub(r"`ray start[^`]*`", "", section)  # Ray's own command line
+    documented = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", section))
+    known = {o for action in build_parser()._actions for o in action.option_strings}
+    assert {"--workers", "--ray-address", "--resume", "--window-batches"} <= documented
+    assert documented <= known, documented - known
+    for name in ("upscale_on_ray", "RayWorkers", "ModelSpec", "ResumeStore"):
+        assert f"{name}" in section

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -185,33 +186,18 @@ def upscale(
     """
     source = as_source(frames)
     geometry = validate_source(source, settings)
-    device = torch.device(models.device)
-    _check_pos_emb(models.pos_emb, models.dit)
-    dit_place = models.dit_placement or ModulePlacement(models.dit, device)
-    vae_place = models.vae_placement or ModulePlacement(models.vae, device)
-    fit = RunFit.start(models.dit, models.vae, models.vae_tiling, dit_place, tuple(source.shape), geometry.canvas_hw,
-                       settings, device, models.memory)
     num_frames, _, _, channels = source.shape
     _check_sink(sink, num_frames, geometry, channels)
     out = TensorSink(num_frames, *geometry.output_hw, channels, output_dtype) if sink is None else sink
-    run = _Run(
-        geometry=geometry,
-        batches=plan_batches(num_frames, settings.batch_size, settings.temporal_overlap),
-        settings=settings,
-        device=device,
-        noise=noise if noise is not None else SeededNoise(settings.seed),
-        check_interrupt=check_interrupt or (lambda: None),
-        fit=fit,
-        output_dtype=out.dtype,
-        channels=channels,
-    )
-    vae_dtype = module_dtype(models.vae)
+    steps = make_steps(models, settings, tuple(source.shape), geometry, out.dtype, noise=noise, progress=progress,
+                       check_interrupt=check_interrupt)
+    run = steps.r
     windows = plan_windows(run.batches, geometry, channels, lazy=not isinstance(source, TensorSource), window=window)
     estimate = host_memory_needed(
         num_frames, channels, geometry, settings,
         output_dtype=output_dtype if sink is None else None,
-        vae_itemsize=torch.empty((), dtype=vae_dtype).element_size(),
-        canvas_on_host=fit.vae_tiling.tile_size is not None or device.type == "cpu")
+        vae_itemsize=torch.empty((), dtype=steps.vae_dtype).element_size(),
+        canvas_on_host=run.fit.vae_tiling.tile_size is not None or run.device.type == "cpu")
     estimate = window_estimate(estimate, windows, geometry)
     check_host_memory(estimate, geometry, settings, num_frames)  # before the first large allocation
     if resume is not None:
@@ -220,7 +206,6 @@ def upscale(
              wxh(geometry.input_hw), wxh(geometry.output_hw), wxh(geometry.canvas_hw), len(run.batches), len(windows))
 
     joiner = Joiner(run.batches, out)
-    steps = BatchSteps(run, models, dit_place, vae_place, vae_dtype, progress)
     with torch.no_grad():
         for batches in windows:
             first, last = batches[0], batches[-1]
@@ -231,6 +216,31 @@ def upscale(
             del window_frames
     joiner.finish()
     return out.result() if sink is None else None
+
+
+def make_steps(models: UpscaleModels, settings: UpscaleSettings, shape: tuple[int, int, int, int],
+               geometry: FrameGeometry, output_dtype: torch.dtype, *, noise: NoiseSource | None = None,
+               progress: ProgressFn | None = None, check_interrupt: InterruptFn | None = None) -> "BatchSteps":
+    """The per-batch steps of a run of frames shaped `shape` [T, H, W, C] with these models
+    (memory plan resolved for the device: `RunFit.start`)."""
+    device = torch.device(models.device)
+    _check_pos_emb(models.pos_emb, models.dit)
+    dit_place = models.dit_placement or ModulePlacement(models.dit, device)
+    vae_place = models.vae_placement or ModulePlacement(models.vae, device)
+    fit = RunFit.start(models.dit, models.vae, models.vae_tiling, dit_place, tuple(shape), geometry.canvas_hw,
+                       settings, device, models.memory)
+    run = _Run(
+        geometry=geometry,
+        batches=plan_batches(shape[0], settings.batch_size, settings.temporal_overlap),
+        settings=settings,
+        device=device,
+        noise=noise if noise is not None else SeededNoise(settings.seed),
+        check_interrupt=check_interrupt or (lambda: None),
+        fit=fit,
+        output_dtype=output_dtype,
+        channels=shape[-1],
+    )
+    return BatchSteps(run, models, dit_place, vae_place, module_dtype(models.vae), progress)
 
 
 def validate_source(source: FrameSource, settings: UpscaleSettings) -> FrameGeometry:
@@ -251,9 +261,14 @@ def validate_source(source: FrameSource, settings: UpscaleSettings) -> FrameGeom
         raise UpscaleInputError(str(exc)) from None
 
 
-def _latent_bytes(batch: Batch, geometry: FrameGeometry) -> int:
+def latent_shape(batch: Batch, geometry: FrameGeometry) -> tuple[int, int, int, int]:
+    """A batch's condition and x0 latent shape (t, h, w, 16): 4x fewer frames (+1), 8x smaller sides."""
     hc, wc = geometry.canvas_hw
-    return ((padded_frame_count(batch.length) - 1) // 4 + 1) * (hc // 8) * (wc // 8) * 16 * 4
+    return ((padded_frame_count(batch.length) - 1) // 4 + 1, hc // 8, wc // 8, 16)
+
+
+def _latent_bytes(batch: Batch, geometry: FrameGeometry) -> int:
+    return math.prod(latent_shape(batch, geometry)) * 4  # float32
 
 
 def plan_windows(batches: list[Batch], geometry: FrameGeometry, channels: int, *, lazy: bool,
@@ -354,8 +369,7 @@ class BatchSteps:
                 yield output
 
     def latent_shape(self, batch: Batch) -> tuple[int, int, int, int]:
-        hc, wc = self.r.geometry.canvas_hw
-        return ((padded_frame_count(batch.length) - 1) // 4 + 1, hc // 8, wc // 8, 16)
+        return latent_shape(batch, self.r.geometry)
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:
