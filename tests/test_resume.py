@@ -153,5 +153,9 @@ def test_cli_resume_after_ctrl_c(tmp_path, dit_calls, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "holds batches of a different run (settings.seed: stored 0, now 9)" in err and "Traceback" not in err
     assert json.loads((resume / MANIFEST).read_text())["key"]["settings"]["seed"] == 0
+    other_models = tmp_path / "other_models"
+    write_tiny_models(other_models, seed=1)  # same names, other weights
+    code = _cli(other_models, src, "-o", tmp_path / "other.mp4", "--resume", resume)
+    assert code == 2 and "different run (models.dit.sha256_head_tail: stored" in capsys.readouterr().err
     code = _cli(models_dir, src, "-o", tmp_path / "x.mp4", "--resume", src)
     assert code == 2 and "is a file, not a folder" in capsys.readouterr().err

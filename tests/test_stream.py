@@ -215,3 +215,20 @@ def test_readme_long_video_section_documents_real_options():
     assert documented <= known, documented - known
     for name in ("upscale_on_ray", "RayWorkers", "ModelSpec", "ResumeStore"):
         assert f"{name}" in section
+
+
+def test_ray_is_imported_only_by_a_distributed_run(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    code = ("import sys, seedvr2, seedvr2.cli, seedvr2.distributed, seedvr2.pipeline; "
+            "assert 'ray' not in sys.modules, 'ray imported'; print('ok')")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
+    from seedvr2.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
+    src = write_video(tmp_path / "clip.mp4", frames=2)
+    assert main([str(src), "-o", str(tmp_path / "o.mp4"), "--workers", "2", "--no-download"]) == 2
+    assert 'need Ray: pip install ".[ray]"' in capsys.readouterr().err

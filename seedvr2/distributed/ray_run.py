@@ -6,7 +6,7 @@ Design (Ray is the scheduler and transport; nothing here is a home-made cluster)
   its own device (one GPU per actor when the cluster has GPUs, with its own block-swap / auto
   memory plan; a CPU actor otherwise) and runs whole batches: encode -> DiT -> decode -> colour
   fix, through exactly the single-process steps (`pipeline.run.BatchSteps`), returning the
-  batch's x0 latent and its output before the crossfade (`stream.BatchOutput`).
+  batch's output before the crossfade (`stream.BatchOutput`) and, for a resume store, its x0.
 * The driver reads the input lazily, in batch order, and keeps at most `DEPTH` batches queued
   per worker (the next batch's frames travel while the current one computes). Results come
   back in any order; the `Joiner` crossfades them with the single-process `Crossfade` and
@@ -71,7 +71,8 @@ class RayRunStats:
     computed: batches that ran encode + DiT on a worker (the others came from the resume store).
     retried: batches queued again after their worker died. workers_lost: workers that died.
     worker_pids: the actors' process ids (tests kill them). bytes_to_workers/bytes_from_workers:
-    tensor payload bytes sent per batch (input frames, stored x0) and received (x0, output).
+    tensor payload bytes sent per batch (input frames, stored x0) and received (output, and the
+    x0 when a resume store keeps it).
     """
 
     computed: list[int] = field(default_factory=list)
@@ -108,9 +109,10 @@ class BatchWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def process(self, job: Job, batch: Batch, frames: torch.Tensor,
-                x0: torch.Tensor | None) -> tuple[torch.Tensor, BatchOutput]:
-        """One batch: (its x0, its output before the crossfade). With `x0` given, only the decode runs."""
+    def process(self, job: Job, batch: Batch, frames: torch.Tensor, x0: torch.Tensor | None,
+                return_x0: bool = True) -> tuple[torch.Tensor | None, BatchOutput]:
+        """One batch: (its x0 if `return_x0` (for the resume store), its output before the
+        crossfade). With `x0` given, only the decode runs."""
         if job != self._job:  # a new run: its geometry and memory plan (block swap, VAE tiles) for this device
             geometry = validate_source(_ShapeOnly(job.shape), job.settings)
             self._steps = make_steps(self.models, job.settings, job.shape, geometry, job.output_dtype)
@@ -119,6 +121,8 @@ class BatchWorker:
         with torch.no_grad():
             outputs = list(self._steps.run([batch], lambda b: frames, x0={batch.index: x0} if x0 is not None else None,
                                            on_x0=lambda b, x: found.__setitem__(b.index, x)))
+        if not return_x0:
+            return None, outputs[0]
         return (x0 if x0 is not None else found[batch.index]), outputs[0]
 
 
@@ -296,7 +300,7 @@ def _drive(ray, actor_error, pool, job, batches, source, geometry, store, joiner
             if batch.index not in frames:
                 frames[batch.index] = source.read(batch.start, batch.stop)
             x0 = store.load(batch.index, latent_shape(batch, geometry)) if store is not None else None
-            ref = actor.process.remote(job, batch, frames[batch.index], x0)
+            ref = actor.process.remote(job, batch, frames[batch.index], x0, store is not None and x0 is None)
             in_flight[ref] = (actor, batch, x0 is not None)
             load[id(actor)] += 1
             stats.bytes_to_workers.append(_nbytes(frames[batch.index]) + (_nbytes(x0) if x0 is not None else 0))
@@ -325,7 +329,7 @@ def _drive(ray, actor_error, pool, job, batches, source, geometry, store, joiner
                 raise WorkersLostError(f"all {count} Ray worker(s) died; the run stopped at batch "
                                        f"{joiner.next_index + 1} of {total}. Last error: {last_error}") from None
             continue
-        stats.bytes_from_workers.append(output.nbytes() + _nbytes(x0))
+        stats.bytes_from_workers.append(output.nbytes() + (_nbytes(x0) if x0 is not None else 0))
         if not from_store:
             stats.computed.append(batch.index)
             if store is not None:
