@@ -232,3 +232,13 @@ def test_ray_is_imported_only_by_a_distributed_run(tmp_path, monkeypatch, capsys
     src = write_video(tmp_path / "clip.mp4", frames=2)
     assert main([str(src), "-o", str(tmp_path / "o.mp4"), "--workers", "2", "--no-download"]) == 2
     assert 'need Ray: pip install ".[ray]"' in capsys.readouterr().err
+
+
+def test_ray_run_refuses_an_output_larger_than_memory_before_starting_workers(tmp_path):
+    from seedvr2.pipeline import UpscaleInputError
+    from seedvr2.distributed import upscale_on_ray
+
+    pytest.importorskip("ray")
+    spec = ModelSpec(DIT_FILE, VAE_FILE, str(tmp_path), download=False)  # never loaded
+    with pytest.raises(UpscaleInputError, match="of host memory"):
+        upscale_on_ray(torch.zeros(4, 4, 512, 3), spec, UpscaleSettings(resolution=10**9), workers=1)

@@ -26,6 +26,7 @@ once `workers x DEPTH` batches are unjoined, so this stays bounded whatever the 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 
 from ..batching import Batch, plan_batches
-from ..pipeline import TensorSink, UpscaleInputError, UpscaleSettings
+from ..pipeline import TensorSink, UpscaleInputError, UpscaleSettings, check_host_memory, host_memory_needed
 from ..pipeline.run import ProgressFn, _check_sink, bind_store, latent_shape, make_steps, validate_source, wxh
 from ..pipeline.store import ResumeStore
 from ..pipeline.stream import BatchOutput, FrameSource, Joiner, as_source
@@ -256,6 +257,10 @@ def upscale_on_ray(
     geometry = validate_source(source, settings)
     num_frames, _, _, channels = source.shape
     _check_sink(sink, num_frames, geometry, channels)
+    # the driver holds the output (a TensorSink) and a few batches; latents and canvases live on the workers
+    estimate = host_memory_needed(num_frames, channels, geometry, settings,
+                                  output_dtype=output_dtype if sink is None else None, canvas_on_host=False)
+    check_host_memory(dataclasses.replace(estimate, latents=0), geometry, settings, num_frames)
     out = TensorSink(num_frames, *geometry.output_hw, channels, output_dtype) if sink is None else sink
     batches = plan_batches(num_frames, settings.batch_size, settings.temporal_overlap)
     store = bind_store(resume, source, settings, spec.vae_tiling) if resume is not None else None

@@ -188,9 +188,10 @@ def upscale(
     geometry = validate_source(source, settings)
     num_frames, _, _, channels = source.shape
     _check_sink(sink, num_frames, geometry, channels)
-    out = TensorSink(num_frames, *geometry.output_hw, channels, output_dtype) if sink is None else sink
-    steps = make_steps(models, settings, tuple(source.shape), geometry, out.dtype, noise=noise, progress=progress,
-                       check_interrupt=check_interrupt)
+    if sink is None and output_dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"output dtype must be one of {OUTPUT_DTYPES}, got {output_dtype}")
+    steps = make_steps(models, settings, tuple(source.shape), geometry, output_dtype if sink is None else sink.dtype,
+                       noise=noise, progress=progress, check_interrupt=check_interrupt)
     run = steps.r
     windows = plan_windows(run.batches, geometry, channels, lazy=not isinstance(source, TensorSource), window=window)
     estimate = host_memory_needed(
@@ -200,6 +201,7 @@ def upscale(
         canvas_on_host=run.fit.vae_tiling.tile_size is not None or run.device.type == "cpu")
     estimate = window_estimate(estimate, windows, geometry)
     check_host_memory(estimate, geometry, settings, num_frames)  # before the first large allocation
+    out = TensorSink(num_frames, *geometry.output_hw, channels, output_dtype) if sink is None else sink
     if resume is not None:
         resume = bind_store(resume, source, settings, models.vae_tiling)
     log.info("SeedVR2: %d frames %s -> %s (canvas %s), %d batch(es) in %d window(s)", num_frames,
