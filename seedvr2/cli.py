@@ -247,8 +247,7 @@ def _run_source(args: argparse.Namespace, source, fps, output: Path, settings: U
         _check_memory(source, geometry, settings, plan, device, args, window)
     preflight(args.dit, args.vae, args.models_dir, download=not args.no_download)  # all missing files in one go
     if store is not None:
-        kind = device.type if device is not None else "worker"
-        store = ResumeStore(store.path, spec.identity(kind))  # the pipeline adds the input and the settings
+        store = ResumeStore(store.path, spec.identity(device.type if device is not None else None))  # the pipeline adds the input and the settings
     started = time.perf_counter()
     dit = None
     with AtomicOutputs(plan) as files, ProgressBar(enabled=not args.quiet) as bar:

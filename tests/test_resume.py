@@ -159,3 +159,14 @@ def test_cli_resume_after_ctrl_c(tmp_path, dit_calls, capsys):
     assert code == 2 and "different run (models.dit.sha256_head_tail: stored" in capsys.readouterr().err
     code = _cli(models_dir, src, "-o", tmp_path / "x.mp4", "--resume", src)
     assert code == 2 and "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_model_identity_for_resume_keys(tmp_path):
+    from seedvr2.distributed import ModelSpec
+
+    write_tiny_models(tmp_path)
+    spec = ModelSpec(DIT_FILE, VAE_FILE, str(tmp_path), download=False)
+    on_cpu, anywhere = spec.identity("cpu"), spec.identity(None)  # None: Ray workers pick their device
+    assert on_cpu["dtype"] == "torch.float32" and on_cpu["device"] == "cpu"
+    assert anywhere["dtype"] == "auto" and anywhere["device"] == "any"
+    assert on_cpu["models"] == anywhere["models"] and on_cpu["models"]["dit"]["name"] == DIT_FILE

@@ -216,10 +216,9 @@ def _connect(address: str | None, workers: int | None) -> bool:
     if ray.is_initialized():
         return False
     if address is not None:
-        import seedvr2
+        from ..loaders import blockswap  # the engine package seedvr2 uses, shipped beside it
 
-        import blockswap  # noqa: F401 - shipped to the cluster beside seedvr2
-        modules = [str(Path(seedvr2.__file__).parent), str(Path(__import__("blockswap").__file__).parent)]
+        modules = [str(Path(__file__).resolve().parents[1]), str(Path(blockswap.__file__).resolve().parent)]
         ray.init(address=address, runtime_env={"py_modules": modules}, logging_level=logging.WARNING)
         return True
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -57,9 +57,10 @@ class ModelSpec:
                              download=self.download)
         return upscale_models(dit, vae), dit
 
-    def identity(self, device_type: str) -> dict:
+    def identity(self, device_type: str | None) -> dict:
         """What identifies these models for `--resume`: the resolved files' identities, the compute
-        dtype and attention backend for `device_type`, the VAE tiling."""
+        dtype and attention backend for `device_type` (None: not known here, e.g. Ray workers
+        choose their own device; the dtype option is recorded as given)."""
         from ..loaders import compute_dtype
         from ..models import resolve_model
         from ..pipeline.store import file_identity
@@ -68,6 +69,6 @@ class ModelSpec:
         for kind, name in (("dit", self.dit), ("vae", self.vae)):
             path = Path(resolve_model(name, kind, self.models_dir, download=False).path)
             files[kind] = {"name": path.name, **file_identity(path)}
-        return {"models": files, "dtype": str(compute_dtype(self.dtype, torch.device(device_type))),
-                "attention": self.attention, "device": device_type}
+        dtype = str(compute_dtype(self.dtype, torch.device(device_type))) if device_type else self.dtype
+        return {"models": files, "dtype": dtype, "attention": self.attention, "device": device_type or "any"}
 

@@ -140,7 +140,7 @@ class Joiner:
 
     def held_bytes(self) -> int:
         """Host bytes held now: outputs waiting for an earlier batch plus the crossfade's held frames."""
-        held = self._crossfade._held
+        held = self._crossfade._held  # the crossfade's held tail (batching.Crossfade keeps it private)
         return sum(o.nbytes() for o in self._pending.values()) + (0 if held is None else held.numel() * held.element_size())
 
     def finish(self) -> None:
