@@ -242,3 +242,4 @@ def test_ray_run_refuses_an_output_larger_than_memory_before_starting_workers(tm
     spec = ModelSpec(DIT_FILE, VAE_FILE, str(tmp_path), download=False)  # never loaded
     with pytest.raises(UpscaleInputError, match="of host memory"):
         upscale_on_ray(torch.zeros(4, 4, 512, 3), spec, UpscaleSettings(resolution=10**9), workers=1)
+

@@ -219,7 +219,13 @@ def _connect(address: str | None, workers: int | None) -> bool:
         from ..loaders import blockswap  # the engine package seedvr2 uses, shipped beside it
 
         modules = [str(Path(__file__).resolve().parents[1]), str(Path(blockswap.__file__).resolve().parent)]
-        ray.init(address=address, runtime_env={"py_modules": modules}, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, runtime_env={"py_modules": modules}, logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            raise UpscaleInputError(
+                f"--ray-address {address}: cannot join the Ray cluster ({exc}). Check the address (`ray status` on "
+                "the head node shows it) and that this machine may join (Ray's token authentication: the "
+                "cluster's token must be configured here too)") from None
         return True
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     cpus = os.cpu_count() or 1
