@@ -30,16 +30,19 @@ import torch
 
 from .checkpoint import CheckpointError
 from .color import COLOR_CORRECTIONS
+from .batching import plan_batches
+from .distributed.spec import ModelSpec
 from .loaders import DTYPES, LoadedDiT, compute_dtype, load_dit_model, load_vae_model, upscale_models
 from .models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError, preflight
 from .outputs import AtomicOutputs, OutputPlan, plan_outputs
-from .pipeline import (NonFiniteOutputError, TensorSink, UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling,
-                       check_host_memory, host_memory_needed, upscale)
-from .pipeline.run import wxh
-from .pipeline.settings import validate_upscale_inputs
+from .pipeline import (NonFiniteOutputError, UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling, check_host_memory,
+                       host_memory_needed, upscale)
+from .pipeline.run import plan_windows, validate_source, window_estimate, wxh
+from .pipeline.store import ResumeError, ResumeStore
+from .pipeline.stream import TensorSource
 from .preprocess import plan_geometry
-from .video_io import (DEFAULT_CRF, MediaError, VideoWriter, check_crf, is_image_path, is_video_path, read_media,
-                       write_images)
+from .video_io import (DEFAULT_CRF, ImageFilesSink, MediaError, VideoWriter, check_crf, is_image_path, is_video_path,
+                       open_media)
 
 log = logging.getLogger("seedvr2")
 AUTO = "auto"
@@ -110,6 +113,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="video output: keep the exact planned size even with an odd side (written as 4:4:4, which "
                         "many players cannot play); by default odd sides are rounded to even (4:2:0)")
 
+    lv = p.add_argument_group("long videos, resume and several GPUs")
+    lv.add_argument("--resume", type=Path, metavar="DIR",
+                    help="keep finished batches in DIR (created if missing) and skip those already there, so an "
+                         "interrupted run restarts where it stopped; refused if DIR holds another input or settings")
+    lv.add_argument("--window-batches", type=_auto_or_count, default=AUTO, metavar="auto|N",
+                    help="batches run phase by phase (all encodes, all DiT calls, all decodes) before the next "
+                         "group: bounds host memory on long videos (default auto: what fits in 1 GiB)")
+    lv.add_argument("--workers", type=int, default=0, metavar="N",
+                    help="run on N Ray workers (one per GPU when there are GPUs, CPU workers otherwise) on a local "
+                         "Ray cluster started for this run; needs pip install \".[ray]\"")
+    lv.add_argument("--ray-address", metavar="ADDR",
+                    help="join the Ray cluster at ADDR (e.g. 10.0.0.5:6379 or auto) instead of starting one; with "
+                         "--workers N uses N workers, else one per GPU of the cluster")
+
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -153,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     with _sigterm_as_exit():
         try:
             return run(args)
-        except (UpscaleInputError, CheckpointError, ModelFileError, MediaError, NonFiniteOutputError,
+        except (UpscaleInputError, CheckpointError, ModelFileError, MediaError, NonFiniteOutputError, ResumeError,
                 ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -190,7 +207,14 @@ def _sigterm_as_exit():
 
 
 def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    distributed = bool(args.workers) or args.ray_address is not None
+    if args.workers < 0:
+        raise UpscaleInputError(f"--workers must be 0 (this process) or a number of Ray workers >= 1, got {args.workers}")
+    if distributed:
+        from .distributed import check_ray
+
+        check_ray()  # before any work: the install hint at once
+    device = resolve_device(args.device) if not distributed or args.device else None
     settings = UpscaleSettings(
         resolution=args.resolution, max_resolution=args.max_resolution, batch_size=args.batch_size,
         temporal_overlap=args.temporal_overlap, color_correction=args.color_correction, seed=args.seed,
@@ -201,32 +225,75 @@ def run(args: argparse.Namespace) -> int:
     plan_outputs(args.input, output, frames=None, input_is_video=input_is_video, overwrite=args.overwrite)
     if is_video_path(output):
         check_crf(args.crf, output, option="--crf")
-    frames, fps = read_media(args.input)
-    plan = plan_outputs(args.input, output, frames=frames.shape[0], input_is_video=fps is not None,
-                        overwrite=args.overwrite)
-    settings = _video_settings(frames, settings, plan, args.exact_size)
-    geometry = validate_upscale_inputs(frames, settings)
-    log.info("%s: %d frame(s) %s -> %s", args.input, frames.shape[0], wxh(geometry.input_hw), wxh(geometry.output_hw))
-    _check_memory(frames, geometry, settings, plan, device, args)
+    store = ResumeStore(args.resume) if args.resume is not None else None  # folder checked before the input is read
+    source, fps = open_media(args.input)
+    with contextlib.closing(source) if hasattr(source, "close") else contextlib.nullcontext():
+        return _run_source(args, source, fps, output, settings, device, store, distributed)
 
+
+def _run_source(args: argparse.Namespace, source, fps, output: Path, settings: UpscaleSettings,
+                device: torch.device | None, store: ResumeStore | None, distributed: bool) -> int:
+    num_frames = source.shape[0]
+    plan = plan_outputs(args.input, output, frames=num_frames, input_is_video=fps is not None,
+                        overwrite=args.overwrite)
+    settings = _video_settings(source.shape, settings, plan, args.exact_size)
+    geometry = validate_source(source, settings)
+    log.info("%s: %d frame(s) %s -> %s", args.input, num_frames, wxh(geometry.input_hw), wxh(geometry.output_hw))
+    spec = model_spec(args)
+    window = None if args.window_batches == AUTO else args.window_batches
+    if window == 0:
+        raise UpscaleInputError("--window-batches must be auto or a number of batches >= 1, got 0")
+    if not distributed:
+        _check_memory(source, geometry, settings, plan, device, args, window)
     preflight(args.dit, args.vae, args.models_dir, download=not args.no_download)  # all missing files in one go
-    models, dit = load_models(args, device)
+    if store is not None:
+        store = ResumeStore(store.path, spec.identity(device.type if device is not None else None))  # the pipeline adds the input and the settings
     started = time.perf_counter()
+    dit = None
     with AtomicOutputs(plan) as files, ProgressBar(enabled=not args.quiet) as bar:
-        if plan.video:
-            with VideoWriter(files.temp, fps, crf=args.crf, label=plan.path) as writer:
-                upscale(frames, models, settings, sink=writer, progress=bar.update)
-        else:
-            sink = TensorSink(frames.shape[0], *geometry.output_hw, frames.shape[-1], torch.uint8)
-            upscale(frames, models, settings, sink=sink, progress=bar.update)
-            write_images(plan.path, sink.result(), targets=files.temps)
+        with _sink(plan, files, fps, args, num_frames, geometry, source.shape[-1]) as sink:
+            if distributed:
+                from .distributed import upscale_on_ray
+
+                upscale_on_ray(source, spec, settings, sink=sink, workers=args.workers or None,
+                               address=args.ray_address, device=args.device, resume=store, progress=bar.update)
+            else:
+                models, dit = load_models(args, device)
+                upscale(source, models, settings, sink=sink, progress=bar.update, window=window, resume=store)
         written = files.commit()
     where = written[0] if len(written) == 1 else f"{len(written)} images {written[0]} ..."
-    if dit.block_swap is not None:
-        log.info("block swap: %s", dit.block_swap.stats().summary())
-    dit.release()
+    if dit is not None:
+        if dit.block_swap is not None:
+            log.info("block swap: %s", dit.block_swap.stats().summary())
+        dit.release()
     log.info("wrote %s in %.1f s", where, time.perf_counter() - started)
     return 0
+
+
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The models and their placement options, as every process (this one, or Ray workers) loads them."""
+    block_swap = dict(blocks_to_swap=args.blocks_to_swap, swap_io_components=args.swap_io_components,
+                      prefetch_blocks=args.prefetch_blocks, pin_memory=args.pin_memory,
+                      placement=args.swap_placement, vram_budget=args.vram_budget)
+    tiling = VAETiling(args.vae_tile_size or None, args.vae_tile_overlap, args.vae_chunk_frames or None)  # 0 -> whole
+    return ModelSpec(args.dit, args.vae, str(args.models_dir), dtype=args.dtype, attention=args.attention,
+                     block_swap=block_swap, vae_tiling=tiling, download=not args.no_download)
+
+
+def load_models(args: argparse.Namespace, device: torch.device) -> tuple[UpscaleModels, LoadedDiT]:
+    """Resolve, load and place the DiT and VAE (block swap places the DiT on CUDA), as `model_spec` says."""
+    return model_spec(args).load(device, loaders=(load_dit_model, load_vae_model, upscale_models))
+
+
+@contextlib.contextmanager
+def _sink(plan: OutputPlan, files: AtomicOutputs, fps, args: argparse.Namespace, num_frames: int, geometry,
+          channels: int):
+    """Where frames go as they are final: the video encoder, or one image file per frame (temporary names)."""
+    if plan.video:
+        with VideoWriter(files.temp, fps, crf=args.crf, label=plan.path) as writer:
+            yield writer
+    else:
+        yield ImageFilesSink(plan.path, files.temps)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -261,13 +328,13 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def _video_settings(frames: torch.Tensor, settings: UpscaleSettings, plan: OutputPlan,
+def _video_settings(shape: tuple[int, ...], settings: UpscaleSettings, plan: OutputPlan,
                     exact_size: bool) -> UpscaleSettings:
     """Video output gets even sides (4:2:0, what players expect) unless --exact-size; the change is logged."""
     if not plan.video or exact_size or settings.official_area is not None:
         return settings
     even = dataclasses.replace(settings, even_size=True)
-    _, h, w, _ = frames.shape
+    _, h, w, _ = shape
     try:
         exact_hw = plan_geometry(h, w, settings.resize_rule).output_hw
         even_hw = plan_geometry(h, w, even.resize_rule).output_hw
@@ -279,31 +346,18 @@ def _video_settings(frames: torch.Tensor, settings: UpscaleSettings, plan: Outpu
     return even
 
 
-def _check_memory(frames: torch.Tensor, geometry, settings: UpscaleSettings, plan: OutputPlan,
-                  device: torch.device, args: argparse.Namespace) -> None:
-    """Refuse, before any model loads, a run whose output cannot fit in host memory."""
+def _check_memory(source, geometry, settings: UpscaleSettings, plan: OutputPlan, device: torch.device,
+                  args: argparse.Namespace, window: int | None) -> None:
+    """Refuse, before any model loads, a run whose window of batches cannot fit in host memory."""
     vae_dtype = compute_dtype(args.dtype, device)
+    num_frames, channels = source.shape[0], source.shape[-1]
     estimate = host_memory_needed(
-        frames.shape[0], frames.shape[-1], geometry, settings,
-        output_dtype=None if plan.video else torch.uint8, vae_itemsize=torch.empty((), dtype=vae_dtype).element_size(),
+        num_frames, channels, geometry, settings, output_dtype=None,
+        vae_itemsize=torch.empty((), dtype=vae_dtype).element_size(),
         canvas_on_host=bool(args.vae_tile_size) or device.type == "cpu")
-    check_host_memory(estimate, geometry, settings, frames.shape[0])
-
-
-def load_models(args: argparse.Namespace, device: torch.device) -> tuple[UpscaleModels, LoadedDiT]:
-    """Resolve, load and place the DiT and VAE (block swap places the DiT on CUDA)."""
-    block_swap = None
-    explicit = args.blocks_to_swap not in (0, AUTO) or args.swap_io_components
-    if device.type == "cuda" or explicit:  # on CUDA always, so "auto" applies; elsewhere a logged no-op
-        block_swap = dict(blocks_to_swap=args.blocks_to_swap, swap_io_components=args.swap_io_components,
-                          prefetch_blocks=args.prefetch_blocks, pin_memory=args.pin_memory,
-                          placement=args.swap_placement, vram_budget=args.vram_budget)
-    download = not args.no_download
-    dit = load_dit_model(args.dit, args.models_dir, device=device, dtype=args.dtype, attention=args.attention,
-                         block_swap=block_swap, download=download)
-    tiling = VAETiling(args.vae_tile_size or None, args.vae_tile_overlap, args.vae_chunk_frames or None)  # 0 -> whole
-    vae = load_vae_model(args.vae, args.models_dir, device=device, dtype=args.dtype, tiling=tiling, download=download)
-    return upscale_models(dit, vae), dit
+    batches = plan_batches(num_frames, settings.batch_size, settings.temporal_overlap)
+    windows = plan_windows(batches, geometry, channels, lazy=not isinstance(source, TensorSource), window=window)
+    check_host_memory(window_estimate(estimate, windows, geometry), geometry, settings, num_frames)
 
 
 def _default_output(path: Path) -> Path:
@@ -325,6 +379,7 @@ class ProgressBar:
         self.enabled = enabled
         self._tqdm = None
         self._bar = None
+        self._bar_phase: str | None = None
         self._open_line: str | None = None  # the plain bar's text while its line is unfinished
         self._swapped: list[tuple[logging.Handler, logging.Handler]] = []
         if enabled:
@@ -339,10 +394,11 @@ class ProgressBar:
             return
         label = self.PHASES.get(phase, phase)
         if self._tqdm is not None:
-            if done == 0:
+            if done == 0 or self._bar is None or self._bar_phase != phase:  # a new phase (or window of batches)
                 self._close_bar()
-                self._bar = self._tqdm(total=total, desc=label, unit="batch", file=sys.stderr)
-            elif self._bar is not None:
+                self._bar = self._tqdm(total=total, initial=done, desc=label, unit="batch", file=sys.stderr)
+                self._bar_phase = phase
+            else:
                 self._bar.update(done - self._bar.n)
             return
         width = 30

@@ -14,11 +14,14 @@ when a file is read or written, with an install hint if missing (`pip install av
   dropped with a warning. Alpha is written for .webm (VP9 yuva420p) and .mov/.mkv (PNG codec, RGBA);
   .mp4 cannot carry it and it is dropped with a warning.
 
-Host memory: reading holds the decoded frames once plus the per-frame list until they are
-stacked (2x the uint8 video at the end of the read); writing holds one frame.
+Host memory: `read_video` holds the decoded frames once plus the per-frame list until they are
+stacked (2x the uint8 video at the end of the read). `VideoSource` (what the CLI uses) decodes
+lazily: it holds only the frames between the oldest one still needed and the newest read, so a
+long video costs one window of frames; `open_media` gives it for videos. Writing holds one frame.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -138,6 +141,27 @@ def write_images(path: str | Path, frames: torch.Tensor, targets: list[Path] | N
     return targets
 
 
+class ImageFilesSink:
+    """A frame sink (`dtype`, `write(start, frames)`) writing frame i to `targets[i]` as it arrives.
+
+    The format follows `path`'s suffix (the targets may be temporary names); alpha is dropped,
+    with one warning, for formats without it. Holds no frames."""
+
+    dtype = torch.uint8
+
+    def __init__(self, path: str | Path, targets: list[Path]):
+        self.path, self.targets = Path(path), list(targets)
+        self._warned = False
+
+    def write(self, start: int, frames: torch.Tensor) -> None:
+        if frames.shape[-1] == 4 and self.path.suffix.lower() in _NO_ALPHA_IMAGES:
+            if not self._warned:
+                log.warning("%s cannot store an alpha channel; writing RGB (use .png to keep alpha)", self.path.suffix)
+                self._warned = True
+            frames = frames[..., :3]
+        write_images(self.path, frames.contiguous(), targets=self.targets[start:start + frames.shape[0]])
+
+
 def read_video(path: str | Path) -> tuple[torch.Tensor, Fraction]:
     """The first video stream -> (uint8 [T, H, W, 3 or 4], frames per second)."""
     av = _import_av()
@@ -186,6 +210,118 @@ def _decoded_frames(av, container, stream, path):
         log.warning("%s: the %s stream has an alpha channel but this PyAV build has no %s decoder to read it; "
                     "the alpha channel is dropped", path, codec.upper(), decoder)
     yield from container.decode(stream)
+
+
+class VideoSource:
+    """A video file as a lazy `pipeline.stream.FrameSource`: uint8 frames [n, H, W, C], decoded on demand.
+
+    Opening decodes the file once without converting frames (to count them and learn the size
+    and whether there is alpha: the first frame decides, as in `read_video`). `read(start, stop)`
+    decodes forward and keeps frames from `start` on, dropping older ones; a read before the
+    oldest kept frame reopens the file and decodes from the beginning (the pipeline never needs
+    that). The frames equal `read_video`'s.
+    """
+
+    dtype = torch.uint8
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        count, first, rate = 0, None, Fraction(25)
+        with self._open() as (container, stream, frames):
+            rate = Fraction(stream.average_rate or stream.guessed_rate or Fraction(25))
+            for frame in frames:
+                if first is None:
+                    self._fmt = "rgba" if _has_alpha(frame.format.name) else "rgb24"
+                    first = frame.to_ndarray(format=self._fmt)
+                count += 1
+        if first is None:
+            raise MediaError(f"{self.path}: the video has no frames")
+        self.fps = rate
+        self.shape = (count, first.shape[0], first.shape[1], first.shape[2])
+        self._frames = None  # the decoding generator of the current pass
+        self._kept: list[np.ndarray] = []
+        self._kept_start = 0  # frame index of self._kept[0]
+        self._pass = None
+
+    @contextlib.contextmanager
+    def _open(self):
+        av = _import_av()
+        try:
+            container = av.open(str(self.path))
+        except (av.error.FFmpegError, OSError) as exc:
+            raise MediaError(f"{self.path}: cannot open this file as a video or image ({exc})") from None
+        try:
+            if not container.streams.video:
+                raise MediaError(f"{self.path}: no video stream in this file")
+            stream = container.streams.video[0]
+            try:
+                yield container, stream, _decoded_frames(av, container, stream, self.path)
+            except av.error.FFmpegError as exc:
+                raise MediaError(f"{self.path}: the video could not be decoded ({exc})") from None
+        finally:
+            container.close()
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        if not 0 <= start < stop <= self.shape[0]:
+            raise ValueError(f"{self.path}: frames {start}..{stop - 1} requested of {self.shape[0]}")
+        if self._pass is None or start < self._kept_start:
+            self._restart()
+        drop = min(start - self._kept_start, len(self._kept))
+        del self._kept[:drop]
+        self._kept_start += drop
+        while self._kept_start + len(self._kept) < stop:
+            frame = self._next_frame()
+            if frame is None:
+                raise MediaError(f"{self.path}: the video ended at frame {self._kept_start + len(self._kept)} on "
+                                 f"this pass but had {self.shape[0]} frames when it was opened (was it modified?)")
+            self._kept.append(frame.to_ndarray(format=self._fmt))
+        a = start - self._kept_start
+        return torch.from_numpy(np.stack(self._kept[a:a + stop - start]))
+
+    def _next_frame(self):
+        av = _import_av()
+        try:
+            return next(self._frames, None)
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"{self.path}: the video could not be decoded ({exc})") from None
+
+    def _restart(self) -> None:
+        self.close()
+        self._pass = self._open()
+        _, _, self._frames = self._pass.__enter__()
+        self._kept, self._kept_start = [], 0
+
+    def close(self) -> None:
+        """Close the decoder of the current pass (reading again reopens the file)."""
+        if self._pass is not None:
+            self._pass.__exit__(None, None, None)
+            self._pass, self._frames, self._kept = None, None, []
+
+    def identity(self) -> dict:
+        from .pipeline.store import file_identity
+
+        return {"file": file_identity(self.path), "frames": list(self.shape)}
+
+    def __enter__(self) -> "VideoSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_media(path: str | Path):
+    """An image or a video -> (a lazy `FrameSource`, fps or None for an image).
+
+    Images are read whole (one frame); videos are a `VideoSource`."""
+    from .pipeline.stream import TensorSource
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: no such file")
+    if is_image_path(path):
+        return TensorSource(read_image(path)), None
+    source = VideoSource(path)
+    return source, source.fps
 
 
 def read_media(path: str | Path) -> tuple[torch.Tensor, Fraction | None]:

@@ -35,6 +35,7 @@ OPTIONAL = {
     "tqdm": "the command line's progress bar (a plain one otherwise)",
     "gguf": "reading and writing .gguf files (the `gguf` extra; refused with the install command otherwise)",
     "comfy_kitchen": "ComfyUI's kernels for mxfp8/nvfp4 when the host has them (torch otherwise)",
+    "ray": "distributed runs (the `ray` extra; refused with the install command otherwise)",
 }
 
 

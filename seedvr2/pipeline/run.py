@@ -1,38 +1,51 @@
 """The SeedVR2 one-step upscale: frames in, frames out, one model on the device at a time.
 
-Three phases over all batches (model-spec §2):
+Per temporal batch (model-spec §2), three steps:
 
 1. encode: resize/crop-or-pad, [-1, 1], last-frame padding to 4n+1, VAE posterior *sample*
    (mean + exp(logvar/2)*noise) * 0.9152 -> condition latent, parked on the CPU.
 2. DiT: x0 = noise - DiT([noise | latent | 1], pos_emb, t=1000) (Euler endpoint of the lerp
    schedule with v-prediction), parked on the CPU in place of the condition.
 3. decode: VAE decode of x0/0.9152, drop the padded frames, colour correction against the
-   resized input, crossfade of overlapping batches, write to the sink (+ upscaled alpha).
+   resized input -> the batch's output before the crossfade (`stream.BatchOutput`).
 
-The caller's frames are read batch by batch and never copied whole; the colour-fix reference
-is recomputed from them in the decode phase rather than kept.
+A batch is a pure function of its input frames, the settings and its per-batch noise, so the
+batches are independent work items; the `stream.Joiner` crossfades their outputs in order into
+the sink. `upscale` runs them phase-major (all encodes of a window of batches, then all DiT
+calls, then all decodes: each model loads once per window), window after window, so host memory
+holds one window's latents (and, for a lazy source, its input frames) whatever the video's
+length. The default window covers the whole run when its latents fit `WINDOW_BYTES`, which keeps
+short runs exactly as before (one load of each model). `run_batches` is the same loop for any
+list of batches (the Ray workers run it one batch at a time, `seedvr2.distributed`).
+
+With a `ResumeStore`, each batch's x0 is stored as soon as its DiT call ends and batches already
+stored skip encode and DiT (their decode runs again: it is deterministic).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..batching import Batch, Crossfade, plan_batches
+from ..batching import Batch, plan_batches
 from ..color import color_correct
 from ..dit.tiling import run_dit
 from ..placement import ModulePlacement, Placement
-from ..preprocess import FrameGeometry, padded_frame_count, to_model_range, to_unit_range
+from ..preprocess import FrameGeometry, padded_frame_count, plan_geometry, to_model_range, to_unit_range
 from ..vae.model import DEFAULT_CHUNK_FRAMES, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, LATENT_SCALE
 from .fit import MemoryFit, RunFit
 from .noise import NoiseSource, SeededNoise
 from .memory import check_host_memory, host_memory_needed
 from .output import OUTPUT_DTYPES, FrameSink, TensorSink, to_output
-from .settings import UpscaleInputError, UpscaleSettings, validate_upscale_inputs
+from .settings import UpscaleInputError, UpscaleSettings, check_frames, check_settings, validate_upscale_inputs
+from .store import ResumeStore
+from .stream import BatchOutput, FrameSource, Joiner, TensorSource, as_source, split_for_crossfade
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +53,9 @@ TIMESTEP = 1000.0      # one-step sampler: the trailing timestep at T
 # Frames per chunk in pre/post-processing: about one 4K frame of float32 per tensor, so the
 # resize and the colour fix (a few temporaries each) stay in the hundreds of MB on the device.
 CHUNK_PIXELS = 1 << 23
+# Host bytes a window's parked latents and lazily read input frames may take (see the module
+# docstring): a window covers as many batches as fit, at least one.
+WINDOW_BYTES = 1 << 30
 
 ProgressFn = Callable[[str, int, int], None]
 InterruptFn = Callable[[], None]
@@ -97,9 +113,8 @@ class UpscaleModels:
 
 @dataclass(frozen=True)
 class _Run:
-    """Per-call facts shared by the phases."""
+    """Per-call facts shared by the steps."""
 
-    frames: torch.Tensor
     geometry: FrameGeometry
     batches: list[Batch]
     settings: UpscaleSettings
@@ -107,6 +122,8 @@ class _Run:
     noise: NoiseSource
     check_interrupt: InterruptFn
     fit: RunFit
+    output_dtype: torch.dtype
+    channels: int
 
     @property
     def vae_tiling(self) -> VAETiling:
@@ -123,7 +140,7 @@ class _Run:
 
 
 def upscale(
-    frames: torch.Tensor,
+    frames: torch.Tensor | FrameSource,
     models: UpscaleModels,
     settings: UpscaleSettings,
     *,
@@ -132,6 +149,8 @@ def upscale(
     noise: NoiseSource | None = None,
     progress: ProgressFn | None = None,
     check_interrupt: InterruptFn | None = None,
+    window: int | None = None,
+    resume: ResumeStore | None = None,
 ) -> torch.Tensor | None:
     """Upscale `frames` [T, H, W, C] (uint8, or float in 0..1; C = 3 or 4) with SeedVR2.
 
@@ -140,71 +159,220 @@ def upscale(
     input: the alpha channel is resized like the colour (bicubic with antialiasing, clamped),
     never passed through the model, and appended as channel 4.
 
-    progress(phase, done, total) is called per batch for phases "encode", "dit", "decode".
+    frames: a tensor, or a `FrameSource` read lazily window by window (`video_io.VideoSource`).
+    window: batches per phase-major window (None: as many as fit `WINDOW_BYTES`, see the module
+        docstring); the output does not depend on it.
+    resume: a `ResumeStore`: finished batches are stored there and stored ones are not
+        recomputed (its key gets the settings and frame shape added, so a store of another run
+        is refused).
+
+    progress(phase, done, total) is called per batch for phases "encode", "dit", "decode"
+    (done counts the whole run's batches of that phase; stored batches count as encoded and denoised).
     check_interrupt() is called between batches, before every DiT block, and between VAE tiles
     if the VAE reports them; whatever it raises propagates (models are offloaded on the way out).
 
     Memory (Hc x Wc = the canvas, the output size rounded up to multiples of 16; n = batch
     frames padded to 4n+1; s = the VAE dtype's itemsize):
-    * Host, besides the caller's frames (read per chunk of frames, never copied whole) and the
-      output (a TensorSink holds T*H'*W'*C*itemsize; a streaming sink one chunk): the latents of
-      all batches, float32, about Hc*Wc/4 bytes per frame (2% of a float32 RGB output);
-      `temporal_overlap` held frames, 12*H'*W' bytes each; with VAE tiling on, one batch's input
-      and decoded canvases, 3*n*Hc*Wc*s bytes each.
+    * Host, besides the caller's frames (read per chunk of frames, never copied whole; a lazy
+      source holds one window's frames) and the output (a TensorSink holds T*H'*W'*C*itemsize; a
+      streaming sink one batch): the latents of one window's batches, float32, about Hc*Wc/4
+      bytes per frame (2% of a float32 RGB output); one batch's output before the crossfade
+      (float32 where it blends, the sink dtype elsewhere); `temporal_overlap` held frames,
+      12*H'*W' bytes each; with VAE tiling on, one batch's input and decoded canvases,
+      3*n*Hc*Wc*s bytes each.
     * Device: the weights of one model at a time (what its placement loads); the VAE's
       activations (bounded by tiling); without tiling, one batch's canvases (3*n*Hc*Wc*s bytes
       each); and float32 pre/post-processing temporaries of about CHUNK_PIXELS (8 Mpx) per
       tensor, a few tensors at a time (the colour fix), i.e. a few hundred MB.
     """
-    geometry = validate_upscale_inputs(frames, settings)
+    source = as_source(frames)
+    geometry = validate_source(source, settings)
+    num_frames, _, _, channels = source.shape
+    _check_sink(sink, num_frames, geometry, channels)
+    if sink is None and output_dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"output dtype must be one of {OUTPUT_DTYPES}, got {output_dtype}")
+    steps = make_steps(models, settings, tuple(source.shape), geometry, output_dtype if sink is None else sink.dtype,
+                       noise=noise, progress=progress, check_interrupt=check_interrupt)
+    run = steps.r
+    windows = plan_windows(run.batches, geometry, channels, lazy=not isinstance(source, TensorSource), window=window)
+    estimate = host_memory_needed(
+        num_frames, channels, geometry, settings,
+        output_dtype=output_dtype if sink is None else None,
+        vae_itemsize=torch.empty((), dtype=steps.vae_dtype).element_size(),
+        canvas_on_host=run.fit.vae_tiling.tile_size is not None or run.device.type == "cpu")
+    estimate = window_estimate(estimate, windows, geometry)
+    check_host_memory(estimate, geometry, settings, num_frames)  # before the first large allocation
+    out = TensorSink(num_frames, *geometry.output_hw, channels, output_dtype) if sink is None else sink
+    if resume is not None:
+        resume = bind_store(resume, source, settings, models.vae_tiling)
+    log.info("SeedVR2: %d frames %s -> %s (canvas %s), %d batch(es) in %d window(s)", num_frames,
+             wxh(geometry.input_hw), wxh(geometry.output_hw), wxh(geometry.canvas_hw), len(run.batches), len(windows))
+
+    joiner = Joiner(run.batches, out)
+    with torch.no_grad():
+        for batches in windows:
+            first, last = batches[0], batches[-1]
+            window_frames = source.read(first.start, last.stop)
+            frames_of = lambda b, w=window_frames, s=first.start: w[b.start - s:b.stop - s]  # noqa: E731
+            for output in steps.run(batches, frames_of, resume):
+                joiner.add(output)
+            del window_frames
+    joiner.finish()
+    return out.result() if sink is None else None
+
+
+def make_steps(models: UpscaleModels, settings: UpscaleSettings, shape: tuple[int, int, int, int],
+               geometry: FrameGeometry, output_dtype: torch.dtype, *, noise: NoiseSource | None = None,
+               progress: ProgressFn | None = None, check_interrupt: InterruptFn | None = None) -> "BatchSteps":
+    """The per-batch steps of a run of frames shaped `shape` [T, H, W, C] with these models
+    (memory plan resolved for the device: `RunFit.start`)."""
     device = torch.device(models.device)
     _check_pos_emb(models.pos_emb, models.dit)
     dit_place = models.dit_placement or ModulePlacement(models.dit, device)
     vae_place = models.vae_placement or ModulePlacement(models.vae, device)
-    fit = RunFit.start(models.dit, models.vae, models.vae_tiling, dit_place, tuple(frames.shape), geometry.canvas_hw,
+    fit = RunFit.start(models.dit, models.vae, models.vae_tiling, dit_place, tuple(shape), geometry.canvas_hw,
                        settings, device, models.memory)
-    num_frames, _, _, channels = frames.shape
-    _check_sink(sink, num_frames, geometry, channels)
-    vae_dtype = module_dtype(models.vae)
-    estimate = host_memory_needed(
-        num_frames, channels, geometry, settings,
-        output_dtype=output_dtype if sink is None else None,
-        vae_itemsize=torch.empty((), dtype=vae_dtype).element_size(),
-        canvas_on_host=fit.vae_tiling.tile_size is not None or device.type == "cpu")
-    check_host_memory(estimate, geometry, settings, num_frames)  # before the first large allocation
-    if sink is None:
-        out = TensorSink(num_frames, *geometry.output_hw, channels, output_dtype)
-    else:
-        out = sink
     run = _Run(
-        frames=frames,
         geometry=geometry,
-        batches=plan_batches(num_frames, settings.batch_size, settings.temporal_overlap),
+        batches=plan_batches(shape[0], settings.batch_size, settings.temporal_overlap),
         settings=settings,
         device=device,
         noise=noise if noise is not None else SeededNoise(settings.seed),
         check_interrupt=check_interrupt or (lambda: None),
         fit=fit,
+        output_dtype=output_dtype,
+        channels=shape[-1],
     )
-    report = progress or (lambda phase, done, total: None)
-    log.info("SeedVR2: %d frames %s -> %s (canvas %s), %d batch(es)", num_frames, wxh(geometry.input_hw),
-             wxh(geometry.output_hw), wxh(geometry.canvas_hw), len(run.batches))
+    return BatchSteps(run, models, dit_place, vae_place, module_dtype(models.vae), progress)
 
-    with torch.no_grad():
-        with _loaded(vae_place):
-            latents = [fit.retry("encode", lambda b=b: _encode(run, models.vae, vae_dtype, b))
-                       for b in _each(run, "encode", report)]
-        with _loaded(dit_place), _interrupt_per_block(models.dit, run.check_interrupt):
-            pos_emb = models.pos_emb.to(device, torch.float32)
-            for b in _each(run, "dit", report):
-                latents[b.index] = fit.retry("dit", lambda b=b: _denoise(run, models.dit, pos_emb, b, latents[b.index]))
-        with _loaded(vae_place):
-            crossfade = Crossfade(hold_device="cpu")
-            for b in _each(run, "decode", report):
-                _decode(run, models.vae, vae_dtype, b, latents[b.index], crossfade, out)
-                latents[b.index] = None
-            crossfade.finish()
-    return out.result() if sink is None else None
+
+def validate_source(source: FrameSource, settings: UpscaleSettings) -> FrameGeometry:
+    """`validate_upscale_inputs` for a tensor; for a lazy source, its shape and first frame."""
+    if isinstance(source, TensorSource):
+        return validate_upscale_inputs(source.frames, settings)
+    check_settings(settings)
+    shape = tuple(getattr(source, "shape", ()))
+    if len(shape) != 4 or not callable(getattr(source, "read", None)):
+        raise UpscaleInputError(f"frames must be a tensor [T, H, W, C] or a FrameSource (shape, dtype, read); "
+                                f"got {type(source).__name__}")
+    if shape[0] < 1:
+        raise UpscaleInputError("frames is empty (0 frames): there is nothing to upscale")
+    check_frames(source.read(0, 1))
+    try:
+        return plan_geometry(shape[1], shape[2], settings.resize_rule)
+    except ValueError as exc:
+        raise UpscaleInputError(str(exc)) from None
+
+
+def latent_shape(batch: Batch, geometry: FrameGeometry) -> tuple[int, int, int, int]:
+    """A batch's condition and x0 latent shape (t, h, w, 16): 4x fewer frames (+1), 8x smaller sides."""
+    hc, wc = geometry.canvas_hw
+    return ((padded_frame_count(batch.length) - 1) // 4 + 1, hc // 8, wc // 8, 16)
+
+
+def _latent_bytes(batch: Batch, geometry: FrameGeometry) -> int:
+    return math.prod(latent_shape(batch, geometry)) * 4  # float32
+
+
+def plan_windows(batches: list[Batch], geometry: FrameGeometry, channels: int, *, lazy: bool,
+                 window: int | None = None) -> list[list[Batch]]:
+    """Consecutive groups of batches run phase-major: `window` batches each, or (None) as many
+    as keep parked latents (and a lazy source's input frames) under `WINDOW_BYTES`."""
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise UpscaleInputError(f"window must be a whole number of batches >= 1 (or None for auto), got {window!r}")
+        size = window
+    else:
+        h, w = geometry.input_hw
+        per = [_latent_bytes(b, geometry) + (b.length * h * w * channels if lazy else 0) for b in batches]
+        size, total = 0, 0
+        for nbytes in per:
+            if size and total + nbytes > WINDOW_BYTES:
+                break
+            size, total = size + 1, total + nbytes
+    return [batches[i:i + size] for i in range(0, len(batches), size)]
+
+
+def window_estimate(estimate, windows: list[list[Batch]], geometry: FrameGeometry):
+    """The memory estimate with latents of the largest window instead of the whole run."""
+    latents = max(sum(_latent_bytes(b, geometry) for b in w) for w in windows)
+    return dataclasses.replace(estimate, latents=min(estimate.latents, latents))
+
+
+def bind_store(store: ResumeStore, source: FrameSource, settings: UpscaleSettings,
+               tiling: VAETiling) -> ResumeStore:
+    """The store bound to this run: its key completed with the input (unless the caller named
+    it), the frame shape, the settings and the configured VAE tiling."""
+    more = {"frames": list(source.shape), "settings": dataclasses.asdict(settings), "vae_tiling": tiling.kwargs()}
+    if "input" not in store.key:
+        more["input"] = source.identity()
+    return store.bind(more)
+
+
+class BatchSteps:
+    """The per-batch steps of one run with its models: `run(batches, frames_of, store)` yields
+    each batch's `BatchOutput` (phase-major over `batches`: one load of each model)."""
+
+    def __init__(self, run: _Run, models: UpscaleModels, dit_place: Placement, vae_place: Placement,
+                 vae_dtype: torch.dtype, progress: ProgressFn | None = None):
+        self.r, self.models = run, models
+        self.dit_place, self.vae_place, self.vae_dtype = dit_place, vae_place, vae_dtype
+        self.report = progress or (lambda phase, done, total: None)
+        self.done = {"encode": 0, "dit": 0, "decode": 0}
+        self.computed = 0  # batches that ran the DiT (not found in the store)
+
+    def _step(self, phase: str) -> None:
+        total = len(self.r.batches)
+        if self.done[phase] == 0:
+            self.report(phase, 0, total)
+        self.done[phase] += 1
+        self.report(phase, self.done[phase], total)
+
+    def run(self, batches: list[Batch], frames_of: Callable[[Batch], torch.Tensor],
+            store: ResumeStore | None = None, x0: dict[int, torch.Tensor] | None = None,
+            on_x0: Callable[[Batch, torch.Tensor], None] | None = None) -> Iterator[BatchOutput]:
+        """Encode and denoise the batches without a stored (or given, `x0`) result, then decode all."""
+        run, models, fit = self.r, self.models, self.r.fit
+        x0 = dict(x0 or {})
+        for b in batches:
+            if b.index not in x0 and store is not None:
+                found = store.load(b.index, self.latent_shape(b))
+                if found is not None:
+                    x0[b.index] = found
+        todo = [b for b in batches if b.index not in x0]
+        for _ in range(len(batches) - len(todo)):
+            self._step("encode")
+            self._step("dit")
+        if todo:
+            latents = {}
+            with _loaded(self.vae_place):
+                for b in todo:
+                    run.check_interrupt()
+                    latents[b.index] = fit.retry("encode", lambda b=b: _encode(run, models.vae, self.vae_dtype, b,
+                                                                                  frames_of(b)))
+                    self._step("encode")
+            with _loaded(self.dit_place), _interrupt_per_block(models.dit, run.check_interrupt):
+                pos_emb = models.pos_emb.to(run.device, torch.float32)
+                for b in todo:
+                    run.check_interrupt()
+                    cond = latents.pop(b.index)  # outside the attempt: an out-of-memory retry needs it again
+                    x0[b.index] = fit.retry("dit", lambda b=b, c=cond: _denoise(run, models.dit, pos_emb, b, c))
+                    del cond
+                    self.computed += 1
+                    if store is not None:
+                        store.save(b.index, x0[b.index], (b.start, b.stop))
+                    if on_x0 is not None:
+                        on_x0(b, x0[b.index])
+                    self._step("dit")
+        with _loaded(self.vae_place):
+            for b in batches:
+                run.check_interrupt()
+                output = _decode(run, models.vae, self.vae_dtype, b, x0.pop(b.index), frames_of(b))
+                self._step("decode")
+                yield output
+
+    def latent_shape(self, batch: Batch) -> tuple[int, int, int, int]:
+        return latent_shape(batch, self.r.geometry)
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:
@@ -266,15 +434,6 @@ def _check_pos_emb(pos_emb: object, dit: nn.Module) -> None:
                                 "wrongly converted; use pos_emb.pt from ByteDance-Seed/SeedVR2-3B")
 
 
-def _each(run: _Run, phase: str, report: ProgressFn) -> Iterator[Batch]:
-    total = len(run.batches)
-    report(phase, 0, total)
-    for batch in run.batches:
-        run.check_interrupt()
-        yield batch
-        report(phase, batch.index + 1, total)
-
-
 @contextlib.contextmanager
 def _loaded(placement: Placement) -> Iterator[None]:
     """The model's weights on the device for the block; offloaded after, also on error/interrupt."""
@@ -316,9 +475,9 @@ def _read_frames(frames: torch.Tensor, start: int, stop: int, device: torch.devi
 # Phase 1: encode
 # ---------------------------------------------------------------------------------------------
 
-def _encode(run: _Run, vae: nn.Module, dtype: torch.dtype, batch: Batch) -> torch.Tensor:
-    """One batch -> condition latent (t, h, w, 16) float32 on the CPU."""
-    x = _vae_input(run, batch, dtype)                                     # (1, 3, T4, Hc, Wc)
+def _encode(run: _Run, vae: nn.Module, dtype: torch.dtype, batch: Batch, frames: torch.Tensor) -> torch.Tensor:
+    """One batch (its input `frames` [n, H, W, C]) -> condition latent (t, h, w, 16) float32 on the CPU."""
+    x = _vae_input(run, batch, frames, dtype)                                   # (1, 3, T4, Hc, Wc)
     posterior = vae.encode(x, **run.vae_tiling.kwargs(), on_tile=run.on_tile)
     del x  # the canvas is the largest tensor of the phase; free it before sampling
     mean, logvar = posterior.mean, posterior.logvar                       # (1, 16, t, h, w)
@@ -327,7 +486,7 @@ def _encode(run: _Run, vae: nn.Module, dtype: torch.dtype, batch: Batch) -> torc
     return (z[0].permute(1, 2, 3, 0) * LATENT_SCALE).cpu()               # (t, h, w, 16)
 
 
-def _vae_input(run: _Run, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
+def _vae_input(run: _Run, batch: Batch, frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Preprocess a batch chunk by chunk into one (1, 3, T4, Hc, Wc) canvas in the VAE dtype.
 
     T4 is the batch length padded to 4n+1 by repeating the last frame (upstream `cut_videos`).
@@ -336,7 +495,7 @@ def _vae_input(run: _Run, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
     hc, wc = geo.canvas_hw
     x = torch.empty((3, padded_frame_count(batch.length), hc, wc), dtype=dtype, device=run.vae_io_device)
     for a, b in _chunks(batch.length, max(hc * wc, geo.resized_hw[0] * geo.resized_hw[1])):
-        rgb = _read_frames(run.frames, batch.start + a, batch.start + b, run.device)
+        rgb = _read_frames(frames, a, b, run.device)
         x[:, a:b] = to_model_range(geo.to_canvas(geo.reference(rgb))).permute(1, 0, 2, 3).to(x.device, dtype)
     x[:, batch.length:] = x[:, batch.length - 1:batch.length]
     return x[None]
@@ -367,29 +526,30 @@ def _denoise(run: _Run, dit: nn.Module, pos_emb: torch.Tensor, batch: Batch, lat
 # ---------------------------------------------------------------------------------------------
 
 def _decode(run: _Run, vae: nn.Module, dtype: torch.dtype, batch: Batch, x0: torch.Tensor,
-            crossfade: Crossfade, sink: FrameSink) -> None:
-    """x0 latent -> colour-corrected output frames of this batch, crossfaded into the sink."""
+            frames: torch.Tensor) -> BatchOutput:
+    """x0 latent -> this batch's colour-corrected output frames before the crossfade.
+
+    `frames`: the batch's input frames [n, H, W, C] (the colour-fix reference and the alpha).
+    """
     z = (x0 / LATENT_SCALE).permute(3, 0, 1, 2)[None].to(run.vae_io_device, dtype)  # (1, 16, t, h, w)
     decoded = run.fit.retry("decode", lambda: vae.decode(z, **run.vae_tiling.kwargs(), on_tile=run.on_tile))[0]
-    # (3, T4, Hc, Wc); a retry (out of memory) has pushed nothing into the crossfade yet
+    # (3, T4, Hc, Wc)
     geo = run.geometry
-    next_overlap = run.batches[batch.index + 1].overlap if batch.index + 1 < len(run.batches) else 0
-    crossfade.start_batch(batch, hold=next_overlap)
+    hold = run.batches[batch.index + 1].overlap if batch.index + 1 < len(run.batches) else 0
     oh, ow = geo.output_hw
+    pieces: list[torch.Tensor] = []
     for a, b in _chunks(batch.length, max(oh * ow, geo.resized_hw[0] * geo.resized_hw[1])):
         content = geo.trim(decoded[:, a:b].permute(1, 0, 2, 3)).to(run.device, torch.float32)  # (n, 3, oh, ow)
         _check_finite(content, "the VAE decode", batch, _VAE_CAUSE)
         if run.settings.color_correction != "none":
-            rgb = _read_frames(run.frames, batch.start + a, batch.start + b, run.device)
+            rgb = _read_frames(frames, a, b, run.device)
             content = color_correct(content, to_model_range(geo.reference(rgb)), run.settings.color_correction)
-        for start, piece in crossfade.push(to_unit_range(content)):
-            _write(run, sink, start, piece)
-    crossfade.end_batch()
-
-
-def _write(run: _Run, sink: FrameSink, start: int, unit: torch.Tensor) -> None:
-    """(n, 3, H, W) in [0, 1] on the device -> sink frames [n, H, W, C] on the CPU."""
-    if run.frames.shape[-1] == 4:
-        alpha = _read_frames(run.frames, start, start + unit.shape[0], run.device, channels=slice(3, 4))
-        unit = torch.cat([unit, run.geometry.reference(alpha)], dim=1)
-    sink.write(start, to_output(unit.permute(0, 2, 3, 1), sink.dtype).cpu())
+        # frames a..b-1 of the batch: those before `overlap` or in the last `hold` may still be blended
+        pieces += split_for_crossfade(to_unit_range(content), batch.overlap - a, hold - (batch.length - b),
+                                      run.output_dtype)
+    alpha = None
+    if run.channels == 4:
+        alpha = torch.cat([to_output(geo.reference(_read_frames(frames, a, b, run.device, channels=slice(3, 4))),
+                                     run.output_dtype).cpu()
+                           for a, b in _chunks(batch.length, max(oh * ow, geo.resized_hw[0] * geo.resized_hw[1]))])
+    return BatchOutput(batch, pieces, alpha)
