@@ -32,7 +32,7 @@ def vae():
 
 @pytest.fixture(scope="module")
 def clip():
-    return torch.rand(1, 3, 9, 48, 40, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    return torch.rand(1, 3, 9, 40, 48, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
 def _roundtrip(vae, x, **kw):
@@ -83,7 +83,7 @@ def test_tile_batching_matches_tile_by_tile_with_fewer_calls(vae, clip):
     finally:
         hook.remove()
         apply_speed(SpeedOptions(), vae=vae)
-    # 48x40 px -> 6x5 latent, 4-cell tiles with 1 overlap: 2x2 tiles of 3 sizes; 2 time chunks
+    # 48x40 (WxH) px -> 5x6 latent, 4-cell tiles with 1 overlap: 2x2 tiles, columns 3 and 4 wide; 3 time chunks
     assert set(ref_calls) == {1} and len(calls) < len(ref_calls) and max(calls) > 1
     assert progress[-1][0] == progress[-1][1] == len(ref_calls)  # every tile chunk counted once
     torch.testing.assert_close(fast_mean, ref[0], rtol=1e-5, atol=1e-5)
