@@ -24,7 +24,8 @@ one off, ``SpeedOptions()`` is the default):
   repeated part; the causal-state bookkeeping stays eager). Compiles once per shape.
 * ``dit_compile`` (default False): ``torch.compile`` of each DiT block's body, working under block
   swap (the swap hooks are excluded from the graph, see `blockswap.engine`); all blocks of one
-  configuration share one compiled graph (no recompile per block). See `seedvr2.dit.compile`.
+  configuration share one compiled graph (no recompile per block). See
+  `seedvr2.dit.model.compile_blocks`.
 
 The VAE reads its options from ``vae.speed`` (a plain attribute, like ``NaDiT.attention``) at each
 call; `apply_speed` sets both models' options in one go.
@@ -101,6 +102,6 @@ def apply_speed(options: SpeedOptions, *, vae: nn.Module | None = None, dit: nn.
     if vae is not None:
         vae.speed = options
     if dit is not None:
-        from .dit.compile import set_block_compile
+        from .dit.model import compile_blocks
 
-        set_block_compile(dit, options.dit_compile)
+        compile_blocks(dit, options.dit_compile)
