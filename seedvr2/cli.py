@@ -35,6 +35,7 @@ from .models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError, preflight
 from .outputs import AtomicOutputs, OutputPlan, plan_outputs
 from .pipeline import (NonFiniteOutputError, TensorSink, UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling,
                        check_host_memory, host_memory_needed, upscale)
+from .pipeline.output import ThreadedSink
 from .pipeline.run import wxh
 from .pipeline.settings import validate_upscale_inputs
 from .preprocess import plan_geometry
@@ -214,8 +215,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with AtomicOutputs(plan) as files, ProgressBar(enabled=not args.quiet) as bar:
         if plan.video:
-            with VideoWriter(files.temp, fps, crf=args.crf, label=plan.path) as writer:
-                upscale(frames, models, settings, sink=writer, progress=bar.update)
+            with VideoWriter(files.temp, fps, crf=args.crf, label=plan.path) as writer, ThreadedSink(writer) as sink:
+                upscale(frames, models, settings, sink=sink, progress=bar.update)  # encoding overlaps the GPU
         else:
             sink = TensorSink(frames.shape[0], *geometry.output_hw, frames.shape[-1], torch.uint8)
             upscale(frames, models, settings, sink=sink, progress=bar.update)
