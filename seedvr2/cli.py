@@ -37,6 +37,7 @@ from .pipeline import (NonFiniteOutputError, TensorSink, UpscaleInputError, Upsc
                        check_host_memory, host_memory_needed, upscale)
 from .pipeline.output import ThreadedSink
 from .pipeline.run import wxh
+from .speed import SpeedOptions, apply_speed
 from .pipeline.settings import validate_upscale_inputs
 from .preprocess import plan_geometry
 from .video_io import (DEFAULT_CRF, MediaError, VideoWriter, check_crf, is_image_path, is_video_path, read_media,
@@ -85,8 +86,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     d.add_argument("--device", default=None, help="compute device (default: cuda if available, else cpu)")
     d.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                    help="compute dtype (default auto: bf16 on CUDA, fp16 on GPUs without bf16, fp32 on CPU)")
-    d.add_argument("--attention", choices=("sdpa", "flash_attn", "flash_emul"), default="sdpa",
-                   help="DiT attention backend (default sdpa)")
+    d.add_argument("--attention", choices=("auto", "sdpa", "flash_attn", "flash_emul"), default="auto",
+                   help="DiT attention backend (default auto: flash_attn on CUDA when installed, else sdpa)")
     d.add_argument("--blocks-to-swap", type=_auto_or_count, default=AUTO, metavar="auto|N",
                    help="DiT blocks streamed from host memory for each use (CUDA only; default auto: planned for "
                         "the free GPU memory, see --vram-budget; 0 = none)")
@@ -104,6 +105,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     d.add_argument("--vae-tile-overlap", type=int, default=64, help="VAE tile overlap in pixels (default 64)")
     d.add_argument("--vae-chunk-frames", type=int, default=4,
                    help="frames per causal VAE chunk, multiple of 4, 0 = whole batch (default 4)")
+    d.add_argument("--compile", action="store_true",
+                   help="torch.compile the DiT blocks (works with block swap; pays on long runs, the first batch "
+                        "waits for the compile; needs a working Triton on CUDA)")
     d.add_argument("--crf", type=int, default=DEFAULT_CRF,
                    help=f"video quality, lower = better: 0-51 for H.264 (.mp4/.mkv/.mov), 0-63 for VP9 (.webm) "
                         f"(default {DEFAULT_CRF})")
@@ -304,6 +308,7 @@ def load_models(args: argparse.Namespace, device: torch.device) -> tuple[Upscale
                          block_swap=block_swap, download=download)
     tiling = VAETiling(args.vae_tile_size or None, args.vae_tile_overlap, args.vae_chunk_frames or None)  # 0 -> whole
     vae = load_vae_model(args.vae, args.models_dir, device=device, dtype=args.dtype, tiling=tiling, download=download)
+    apply_speed(SpeedOptions(dit_compile=args.compile), vae=vae.module, dit=dit.module)
     return upscale_models(dit, vae), dit
 
 

@@ -75,3 +75,29 @@ def test_apply_speed_switches_dit_compile_on_and_off():
     assert len({id(block.compiled_body) for block in model.blocks}) == 1  # one shared compiled function
     apply_speed(SpeedOptions(), dit=model)
     assert all(block.compiled_body is None for block in model.blocks)
+
+
+def test_auto_attention_picks_flash_attn_only_on_a_capable_gpu_with_the_package(monkeypatch):
+    import sys
+    import types
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    assert attention.resolve_attention_backend("auto", cuda) == "flash_attn"
+    assert attention.resolve_attention_backend("auto", torch.device("cpu")) == "sdpa"
+    assert attention.resolve_attention_backend("sdpa", cuda) == "sdpa"  # an explicit choice is kept
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert attention.resolve_attention_backend("auto", cuda) == "sdpa"  # flash-attn 2 needs Ampere
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
+    assert attention.resolve_attention_backend("auto", cuda) == "sdpa"
+
+
+def test_auto_attention_runs_sdpa_on_the_cpu():
+    model = _uniform_dit()
+    data = _inputs(0)
+    with torch.no_grad():
+        assert torch.equal(model(*data, attention="auto"), model(*data, attention="sdpa"))
+    with pytest.raises(ValueError, match="choose one of"):
+        model(*data, attention="fast")

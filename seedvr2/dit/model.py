@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import check_attention_backend
+from .attention import check_attention_backend, resolve_attention_backend
 from .block import MMBlock
 from .config import PRESETS, DiTConfig
 from .layers import Linear, OutAda, PatchIn, PatchOut, RMSNorm, TimeEmbedding
@@ -63,7 +63,7 @@ class NaDiT(nn.Module):
         """See the module docstring. ``attention`` overrides the backend for this call."""
         grids, txt_lens = self._check_inputs(vid, txt, vid_shape, txt_shape, timestep)
         dtype = self.compute_dtype or vid.dtype
-        backend = check_attention_backend(attention or self.attention)
+        backend = resolve_attention_backend(check_attention_backend(attention or self.attention), vid.device)
 
         # 1. Inputs: text projection, patchify + projection, timestep embedding (all on vid's device)
         txt_h = self.txt_in(txt.to(vid.device, dtype))  # (Lt, dim)
@@ -128,7 +128,7 @@ def build_dit(config: Mapping[str, Any] | str | DiTConfig, *, attention: str = "
 
     Parameters are created on the current default device (use ``with torch.device("meta"):`` to
     build without allocating, as ``load_dit`` does). ``attention`` names the backend: "sdpa",
-    "flash_emul" or "flash_attn".
+    "flash_emul", "flash_attn" or "auto" (flash-attn on CUDA when installed, else sdpa).
     """
     if isinstance(config, str):
         if config.lower() not in PRESETS:
