@@ -14,8 +14,13 @@ ratio is against ``reference``. Variants:
 
 Every variant's output is compared with the first variant's (max abs diff).
 
+``--sink-overlap``: instead, the whole upscale with the tiny test models writing an H.264 video,
+directly vs through `ThreadedSink` (encoding on a worker thread), interleaved; prints both times
+and how much of the encoding time the thread hid.
+
     python bench/vae_speed.py                                   # CPU fp32, 5 frames 128^2
     python bench/vae_speed.py --device cuda --dtype bf16 --frames 17 --size 512 --tile 256 --repeats 5
+    python bench/vae_speed.py --sink-overlap --frames 41 --size 256
 """
 from __future__ import annotations
 
@@ -85,6 +90,60 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def sink_overlap(args) -> None:
+    """Upscale with the tiny models into a video: direct writer vs ThreadedSink, and the encode time alone."""
+    import tempfile
+    from fractions import Fraction
+
+    from seedvr2.pipeline import UpscaleModels, UpscaleSettings, VAETiling, upscale
+    from seedvr2.pipeline.output import ThreadedSink
+    from seedvr2.models import resolve_models
+    from seedvr2.dit import load_dit
+    from seedvr2.text_embeds import load_pos_emb
+    from seedvr2.vae import load_vae
+    from seedvr2.video_io import VideoWriter
+    from tiny_models import write_tiny_models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        written = write_tiny_models(Path(tmp) / "models")
+        paths = resolve_models(written.dit.name, written.vae.name, Path(tmp) / "models", download=False)
+        models = UpscaleModels(load_dit(paths.dit.path, compute_dtype=torch.float32),
+                               load_vae(paths.vae.path, dtype=torch.float32), load_pos_emb(paths.pos_emb), "cpu",
+                               vae_tiling=VAETiling(tile_size=None, tile_overlap=0, chunk_frames=4))
+        frames = torch.rand(args.frames, args.size // 2, args.size // 2, 3, generator=torch.Generator().manual_seed(0))
+        settings = UpscaleSettings(resolution=args.size, batch_size=5)
+
+        def run(threaded: bool) -> float:
+            t0 = time.perf_counter()
+            with VideoWriter(Path(tmp) / "out.mp4", Fraction(24)) as writer:
+                sink = ThreadedSink(writer) if threaded else writer
+                with sink if threaded else contextlib.nullcontext():
+                    upscale(frames, models, settings, sink=sink)
+            return time.perf_counter() - t0
+
+        def encode_only() -> float:
+            out = (torch.rand(args.frames, args.size, args.size, 3) * 255).to(torch.uint8)
+            t0 = time.perf_counter()
+            with VideoWriter(Path(tmp) / "enc.mp4", Fraction(24)) as writer:
+                for start in range(0, args.frames, 5):
+                    writer.write(start, out[start:start + 5])
+            return time.perf_counter() - t0
+
+        run(False)  # warm-up
+        times = {"direct": [], "threaded": [], "encode only": []}
+        for _ in range(args.repeats):
+            times["direct"].append(run(False))
+            times["threaded"].append(run(True))
+            times["encode only"].append(encode_only())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    hidden = (med["direct"] - med["threaded"]) / med["encode only"] if med["encode only"] else float("nan")
+    print(f"tiny models, {args.frames} frames -> {args.size}px video, {args.repeats} repeats, "
+          f"threads={torch.get_num_threads()}")
+    for k, v in med.items():
+        print(f"{k:<12}{v:>8.2f} s")
+    print(f"speedup {med['direct'] / med['threaded']:.2f}x; encoding hidden: {100 * hidden:.0f} %")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -99,7 +158,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=0, help="untimed runs per variant first (cuDNN autotuning)")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["reference", "eager"])
     p.add_argument("--json", action="store_true")
+    p.add_argument("--sink-overlap", action="store_true", help="measure ThreadedSink instead (see above)")
     args = p.parse_args()
+    if args.sink_overlap:
+        sink_overlap(args)
+        return
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     vae = random_vae(device, dtype)
