@@ -20,8 +20,6 @@ one off, ``SpeedOptions()`` is the default):
   tile-by-tile run up to the conv kernels' rounding and the order in which overlapping tiles are
   summed. Memory: the VAE's working set (activations and causal state) grows ``tile_batch``-fold,
   so it is off by default and only worth it when the memory plan left room (few, small tiles).
-* ``vae_compile`` (default False): ``torch.compile`` of the VAE's resnet blocks (the heavy and
-  repeated part; the causal-state bookkeeping stays eager). Compiles once per shape.
 * ``dit_compile`` (default False): ``torch.compile`` of each DiT block's body, working under block
   swap (the swap hooks are excluded from the graph, see `blockswap.engine`); all blocks of one
   configuration share one compiled graph (no recompile per block). See
@@ -49,7 +47,6 @@ class SpeedOptions:
     cudnn_benchmark: bool = True
     channels_last: bool = False
     tile_batch: int = 1
-    vae_compile: bool = False
     dit_compile: bool = False
 
     def __post_init__(self) -> None:
@@ -63,7 +60,7 @@ class SpeedOptions:
     @classmethod
     def eager(cls) -> SpeedOptions:
         """Every fast path off: the reference the fast paths are checked against."""
-        return cls(cudnn_benchmark=False, channels_last=False, tile_batch=1, vae_compile=False, dit_compile=False)
+        return cls(cudnn_benchmark=False, channels_last=False, tile_batch=1, dit_compile=False)
 
 
 def set_conv_memory_format(module: nn.Module, channels_last: bool) -> None:

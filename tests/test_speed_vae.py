@@ -121,6 +121,6 @@ def test_bad_speed_options_are_refused(kwargs, message):
 
 def test_eager_turns_every_fast_path_off():
     eager = SpeedOptions.eager()
-    assert not (eager.cudnn_benchmark or eager.channels_last or eager.vae_compile or eager.dit_compile)
+    assert not (eager.cudnn_benchmark or eager.channels_last or eager.dit_compile)
     assert eager.tile_batch == 1
 
