@@ -37,7 +37,7 @@ from .pipeline import (NonFiniteOutputError, TensorSink, UpscaleInputError, Upsc
                        check_host_memory, host_memory_needed, upscale)
 from .pipeline.output import ThreadedSink
 from .pipeline.run import wxh
-from .speed import SpeedOptions, apply_speed
+from .dit.model import compile_blocks
 from .pipeline.settings import validate_upscale_inputs
 from .preprocess import plan_geometry
 from .video_io import (DEFAULT_CRF, MediaError, VideoWriter, check_crf, is_image_path, is_video_path, read_media,
@@ -308,7 +308,8 @@ def load_models(args: argparse.Namespace, device: torch.device) -> tuple[Upscale
                          block_swap=block_swap, download=download)
     tiling = VAETiling(args.vae_tile_size or None, args.vae_tile_overlap, args.vae_chunk_frames or None)  # 0 -> whole
     vae = load_vae_model(args.vae, args.models_dir, device=device, dtype=args.dtype, tiling=tiling, download=download)
-    apply_speed(SpeedOptions(dit_compile=args.compile), vae=vae.module, dit=dit.module)
+    if args.compile:
+        compile_blocks(dit.module, True)
     return upscale_models(dit, vae), dit
 
 

@@ -101,3 +101,18 @@ def test_auto_attention_runs_sdpa_on_the_cpu():
         assert torch.equal(model(*data, attention="auto"), model(*data, attention="sdpa"))
     with pytest.raises(ValueError, match="choose one of"):
         model(*data, attention="fast")
+
+
+def test_cli_compile_flag_compiles_the_loaded_dit(monkeypatch):
+    from types import SimpleNamespace
+
+    import seedvr2.cli as cli
+
+    dit = _uniform_dit()
+    monkeypatch.setattr(cli, "load_dit_model", lambda *a, **kw: SimpleNamespace(module=dit, device=torch.device("cpu")))
+    monkeypatch.setattr(cli, "load_vae_model", lambda *a, **kw: SimpleNamespace(module=None, tiling=kw["tiling"]))
+    monkeypatch.setattr(cli, "upscale_models", lambda d, v: (d, v))
+    cli.load_models(cli.build_parser().parse_args(["in.png"]), torch.device("cpu"))
+    assert all(block.compiled_body is None for block in dit.blocks)  # off by default
+    cli.load_models(cli.build_parser().parse_args(["in.png", "--compile"]), torch.device("cpu"))
+    assert all(block.compiled_body is not None for block in dit.blocks)
