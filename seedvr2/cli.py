@@ -30,6 +30,7 @@ import torch
 
 from .checkpoint import CheckpointError
 from .color import COLOR_CORRECTIONS
+from .dit.model import compile_blocks
 from .loaders import DTYPES, LoadedDiT, compute_dtype, load_dit_model, load_vae_model, upscale_models
 from .models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError, preflight
 from .outputs import AtomicOutputs, OutputPlan, plan_outputs
@@ -37,7 +38,6 @@ from .pipeline import (NonFiniteOutputError, TensorSink, UpscaleInputError, Upsc
                        check_host_memory, host_memory_needed, upscale)
 from .pipeline.output import ThreadedSink
 from .pipeline.run import wxh
-from .dit.model import compile_blocks
 from .pipeline.settings import validate_upscale_inputs
 from .preprocess import plan_geometry
 from .video_io import (DEFAULT_CRF, MediaError, VideoWriter, check_crf, is_image_path, is_video_path, read_media,
