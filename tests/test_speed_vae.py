@@ -124,3 +124,23 @@ def test_eager_turns_every_fast_path_off():
     assert not (eager.cudnn_benchmark or eager.channels_last or eager.dit_compile)
     assert eager.tile_batch == 1
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fast_paths_match_eager(vae, clip):
+    """On a GPU (bench/gpu_check.py): cuDNN autotuning + channels-last + tile batching against every
+    fast path off, fp32 without TF32 (cuDNN's algorithms sum in their own order: atol 1e-4)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    gpu = build_vae(TINY).cuda()
+    gpu.load_state_dict(vae.state_dict())
+    kw = dict(chunk_frames=4, tile_size=32, tile_overlap=8)
+    try:
+        apply_speed(SpeedOptions.eager(), vae=gpu)
+        ref = _roundtrip(gpu, clip.cuda(), **kw)
+        apply_speed(SpeedOptions(channels_last=True, tile_batch=4), vae=gpu)
+        fast = _roundtrip(gpu, clip.cuda(), **kw)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
