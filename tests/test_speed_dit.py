@@ -116,3 +116,24 @@ def test_cli_compile_flag_compiles_the_loaded_dit(monkeypatch):
     assert all(block.compiled_body is None for block in dit.blocks)  # off by default
     cli.load_models(cli.build_parser().parse_args(["in.png", "--compile"]), torch.device("cpu"))
     assert all(block.compiled_body is not None for block in dit.blocks)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_inductor_blocks_under_block_swap_match_eager():
+    """On a GPU (bench/gpu_check.py): inductor-compiled blocks, half of them streamed, fp32."""
+    ref = _uniform_dit().cuda()
+    model = _uniform_dit()
+    handle = apply_block_swap(model, BlockSwapConfig(blocks_to_swap=2, prefetch_blocks=1), "cuda")
+    compile_blocks(model, True)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        with torch.no_grad():
+            for seed in (0, 1):
+                data = _inputs(seed)
+                out = model(*(t.cuda() for t in data))
+                torch.testing.assert_close(out, ref(*(t.cuda() for t in data)), rtol=1e-4, atol=1e-4)
+        assert counters["frames"]["ok"] == 1
+    finally:
+        handle.remove()
+        torch._dynamo.reset()
