@@ -37,6 +37,7 @@ from .models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError, preflight
 from .outputs import AtomicOutputs, OutputPlan, plan_outputs
 from .pipeline import (NonFiniteOutputError, UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling, check_host_memory,
                        host_memory_needed, upscale)
+from .pipeline.output import ThreadedSink
 from .pipeline.run import plan_windows, validate_source, window_estimate, wxh
 from .pipeline.store import ResumeError, ResumeStore
 from .pipeline.stream import TensorSource
@@ -87,8 +88,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     d.add_argument("--device", default=None, help="compute device (default: cuda if available, else cpu)")
     d.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                    help="compute dtype (default auto: bf16 on CUDA, fp16 on GPUs without bf16, fp32 on CPU)")
-    d.add_argument("--attention", choices=("sdpa", "flash_attn", "flash_emul"), default="sdpa",
-                   help="DiT attention backend (default sdpa)")
+    d.add_argument("--attention", choices=("auto", "sdpa", "flash_attn", "flash_emul"), default="auto",
+                   help="DiT attention backend (default auto: flash_attn on CUDA when installed, else sdpa)")
     d.add_argument("--blocks-to-swap", type=_auto_or_count, default=AUTO, metavar="auto|N",
                    help="DiT blocks streamed from host memory for each use (CUDA only; default auto: planned for "
                         "the free GPU memory, see --vram-budget; 0 = none)")
@@ -106,6 +107,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     d.add_argument("--vae-tile-overlap", type=int, default=64, help="VAE tile overlap in pixels (default 64)")
     d.add_argument("--vae-chunk-frames", type=int, default=4,
                    help="frames per causal VAE chunk, multiple of 4, 0 = whole batch (default 4)")
+    d.add_argument("--compile", action="store_true",
+                   help="torch.compile the DiT blocks (works with block swap; pays on long runs, the first batch "
+                        "waits for the compile; needs a working Triton on CUDA)")
     d.add_argument("--crf", type=int, default=DEFAULT_CRF,
                    help=f"video quality, lower = better: 0-51 for H.264 (.mp4/.mkv/.mov), 0-63 for VP9 (.webm) "
                         f"(default {DEFAULT_CRF})")
@@ -277,7 +281,8 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
                       placement=args.swap_placement, vram_budget=args.vram_budget)
     tiling = VAETiling(args.vae_tile_size or None, args.vae_tile_overlap, args.vae_chunk_frames or None)  # 0 -> whole
     return ModelSpec(args.dit, args.vae, str(args.models_dir), dtype=args.dtype, attention=args.attention,
-                     block_swap=block_swap, vae_tiling=tiling, download=not args.no_download)
+                     block_swap=block_swap, vae_tiling=tiling, download=not args.no_download,
+                     compile_dit=args.compile)
 
 
 def load_models(args: argparse.Namespace, device: torch.device) -> tuple[UpscaleModels, LoadedDiT]:
@@ -290,8 +295,8 @@ def _sink(plan: OutputPlan, files: AtomicOutputs, fps, args: argparse.Namespace,
           channels: int):
     """Where frames go as they are final: the video encoder, or one image file per frame (temporary names)."""
     if plan.video:
-        with VideoWriter(files.temp, fps, crf=args.crf, label=plan.path) as writer:
-            yield writer
+        with VideoWriter(files.temp, fps, crf=args.crf, label=plan.path) as writer, ThreadedSink(writer) as sink:
+            yield sink  # encoding overlaps the GPU
     else:
         yield ImageFilesSink(plan.path, files.temps)
 

@@ -206,7 +206,8 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, **k
     ray = _ray()
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {"env_vars": {"PYTHONPATH": path}}
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env,
+    # address="local": always a new cluster, never one that a stale `ray start` (or RAY_ADDRESS) names
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env,
              logging_level=logging.WARNING, **kwargs)
 
 

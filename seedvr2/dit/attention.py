@@ -7,6 +7,10 @@ sequences, query and key lengths may differ), and are chosen by name per model o
 * ``"flash_emul"``: the official numerics (it casts q, k, v to bf16 for flash-attn even in fp32):
   q, k, v rounded to bf16, attention in fp32, output rounded to bf16, back in the activation dtype.
 * ``"flash_attn"``: ``flash_attn.flash_attn_func`` (only if the package is installed; CUDA only).
+  Windows are already grouped by shape (`seedvr2.dit.windows`), so each call is one dense batch
+  of equal-length sequences and the varlen entry point would add nothing but index bookkeeping.
+* ``"auto"``: ``"flash_attn"`` on a CUDA device of compute capability 8.0+ (flash-attn 2's floor)
+  when the package imports, else ``"sdpa"``; resolved per forward (`resolve_attention_backend`).
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from .layers import Linear, PerStream, RMSNorm
 from .rope import RopeFreqs, apply_rope
 from .windows import WindowPlan
 
-__all__ = ["ATTENTION_BACKENDS", "check_attention_backend", "attend", "WindowAttention"]
+__all__ = ["ATTENTION_BACKENDS", "AUTO_BACKEND", "check_attention_backend", "resolve_attention_backend", "attend",
+           "WindowAttention"]
 
 # Most query tokens per attention call: bounds the gathered copies of q/k/v (and their fp32 rope
 # temporaries) whatever the resolution; big enough that each call keeps a GPU busy.
@@ -52,10 +57,15 @@ ATTENTION_BACKENDS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor
 }
 
 
+AUTO_BACKEND = "auto"
+
+
 def check_attention_backend(name: str) -> str:
     """Validate a backend name (and that flash-attn is importable when asked for); returns it."""
+    if name == AUTO_BACKEND:
+        return name
     if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(ATTENTION_BACKENDS)}")
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted([*ATTENTION_BACKENDS, AUTO_BACKEND])}")
     if name == "flash_attn":
         try:
             import flash_attn  # noqa: F401
@@ -63,6 +73,20 @@ def check_attention_backend(name: str) -> str:
             raise ValueError("attention backend 'flash_attn' needs the flash-attn package, which is not "
                              "installed; use 'sdpa' (same results, no extra package)") from None
     return name
+
+
+def resolve_attention_backend(name: str, device: torch.device) -> str:
+    """The backend that runs for ``name`` on ``device``: ``"auto"`` becomes ``"flash_attn"`` on a CUDA
+    device with compute capability >= 8.0 when flash-attn imports, else ``"sdpa"``; other names as given."""
+    if name != AUTO_BACKEND:
+        return name
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        return "sdpa"
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return "sdpa"
+    return "flash_attn"
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:

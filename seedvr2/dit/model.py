@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import check_attention_backend
+from .attention import check_attention_backend, resolve_attention_backend
 from .block import MMBlock
 from .config import PRESETS, DiTConfig
 from .layers import Linear, OutAda, PatchIn, PatchOut, RMSNorm, TimeEmbedding
 from .windows import WindowPlan, build_window_plan
 
-__all__ = ["NaDiT", "build_dit", "default_compute_dtype"]
+__all__ = ["NaDiT", "build_dit", "default_compute_dtype", "compile_blocks"]
 
 
 class NaDiT(nn.Module):
@@ -66,7 +66,7 @@ class NaDiT(nn.Module):
         tiles pass the whole grid's, `seedvr2.dit.tiling`)."""
         grids, txt_lens = self._check_inputs(vid, txt, vid_shape, txt_shape, timestep)
         dtype = self.compute_dtype or vid.dtype
-        backend = check_attention_backend(attention or self.attention)
+        backend = resolve_attention_backend(check_attention_backend(attention or self.attention), vid.device)
 
         # 1. Inputs: text projection, patchify + projection, timestep embedding (all on vid's device)
         txt_h = self.txt_in(txt.to(vid.device, dtype))  # (Lt, dim)
@@ -131,7 +131,7 @@ def build_dit(config: Mapping[str, Any] | str | DiTConfig, *, attention: str = "
 
     Parameters are created on the current default device (use ``with torch.device("meta"):`` to
     build without allocating, as ``load_dit`` does). ``attention`` names the backend: "sdpa",
-    "flash_emul" or "flash_attn".
+    "flash_emul", "flash_attn" or "auto" (flash-attn on CUDA when installed, else sdpa).
     """
     if isinstance(config, str):
         if config.lower() not in PRESETS:
@@ -157,3 +157,29 @@ def default_compute_dtype(device: torch.device | str) -> torch.dtype:
             native = torch.cuda.is_bf16_supported()
         return torch.bfloat16 if native else torch.float16
     return torch.bfloat16
+
+
+_COMPILED_BODIES: dict[tuple[str, str | None], object] = {}
+
+
+def compile_blocks(model: NaDiT, enabled: bool, *, backend: str = "inductor", mode: str | None = None) -> None:
+    """``torch.compile`` every block's body (``enabled``) or go back to eager.
+
+    All blocks share one compiled function per (backend, mode): dynamo treats a block's parameters
+    as graph inputs, so blocks of one structure (and window-plan kind) reuse one graph instead of
+    compiling per block; the 3B has three block structures (per-stream, shared, last vid-only)
+    and two plan kinds. Block swap works unchanged whichever is applied first: its hooks wrap
+    ``forward`` and are excluded from graphs (``torch.compiler.disable``), the compiled body runs
+    between them, and swapping a block's weights changes their storage, not what the guards check.
+    Shapes: a new token count recompiles once, after which dynamo marks it dynamic.
+    Cost: compile time on the first forward of each structure (tens of seconds on a GPU).
+    """
+    if not enabled:
+        body = None
+    else:
+        key = (backend, mode)
+        body = _COMPILED_BODIES.get(key)
+        if body is None:
+            body = _COMPILED_BODIES[key] = torch.compile(MMBlock.body, backend=backend, mode=mode)
+    for block in model.blocks:
+        block.compiled_body = body

@@ -6,6 +6,8 @@ batch instead of the whole video.
 """
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -53,3 +55,89 @@ def to_output(unit: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if dtype == torch.uint8:
         return torch.round(unit * 255.0).to(torch.uint8)
     return unit.to(dtype)
+
+
+class ThreadedSink:
+    """Runs another sink's `write` on a worker thread, so host-side writing (video encoding, image
+    conversion) overlaps the pipeline's GPU work instead of stalling it.
+
+    * Bounded: at most ``depth`` batches wait in the queue; `write` blocks when it is full, so host
+      memory holds at most ``depth + 1`` batches beyond the pipeline's own.
+    * Ownership: `write` hands the frames tensor over; the caller must not change it afterwards
+      (the pipeline passes a fresh tensor per call).
+    * Order: batches reach the inner sink in the order they were written, from one thread.
+    * Errors: an exception in the worker is re-raised in the caller (the original exception) by
+      the next `write` or by `close`, later calls raise a RuntimeError chained to it; the worker then drops what is still queued, so a
+      blocked `write` never deadlocks.
+    * Closing: `close()` waits until everything is written and re-raises a worker error; as a
+      context manager, leaving on an exception drops the queued batches and stops the worker
+      without writing them (the output is being abandoned anyway). The inner sink is not closed.
+    """
+
+    _STOP = object()
+
+    def __init__(self, inner: FrameSink, depth: int = 2, name: str = "seedvr2-writer") -> None:
+        if not callable(getattr(inner, "write", None)) or getattr(inner, "dtype", None) not in OUTPUT_DTYPES:
+            raise ValueError(f"ThreadedSink needs a sink with write(start, frames) and a dtype among {OUTPUT_DTYPES}, "
+                             f"got {type(inner).__name__}")
+        if depth < 1:
+            raise ValueError(f"ThreadedSink depth must be >= 1, got {depth}")
+        self.inner, self.dtype = inner, inner.dtype
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._reported = False
+        self._abandon = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def write(self, start: int, frames: torch.Tensor) -> None:
+        if self._closed:
+            raise RuntimeError("ThreadedSink.write after close()")
+        self._raise_error()
+        self._queue.put((start, frames))
+
+    def close(self) -> None:
+        """Write everything still queued, stop the worker, re-raise its error if any. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(self._STOP)
+            self._thread.join()
+        self._raise_error()
+
+    def abandon(self) -> None:
+        """Stop without writing what is queued (on an error in the caller). Idempotent."""
+        self._abandon.set()
+        if not self._closed:
+            self._closed = True
+            self._queue.put(self._STOP)
+            self._thread.join()
+
+    def __enter__(self) -> ThreadedSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
+
+    def _raise_error(self) -> None:
+        if self._error is None:
+            return
+        if not self._reported:
+            self._reported = True
+            raise self._error
+        raise RuntimeError("ThreadedSink: the writer failed earlier (the first error was raised already)") from self._error
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._STOP:
+                return
+            if self._error is not None or self._abandon.is_set():
+                continue  # drain: a failed or abandoned writer drops the rest
+            try:
+                self.inner.write(*item)
+            except BaseException as exc:  # re-raised in the caller
+                self._error = exc

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from .causal_conv import CausalCache, CausalConv3d
@@ -24,15 +23,25 @@ class FrameGroupNorm(nn.GroupNorm):
     Per frame keeps the VAE causal. Statistics are accumulated in fp32 for every input dtype:
     PyTorch's group_norm kernels (CPU and CUDA) accumulate bf16/fp16 in float, so 16-bit inputs
     need no fp32 copy. Working memory beyond the output is one contiguous frame, not a transposed
-    copy of the chunk.
+    copy of the chunk. ``out`` (same shape as x) receives the result instead of a new tensor, e.g.
+    the body of the next conv's time-padded input (`norm_conv`).
     """
 
-    def forward(self, x: Tensor, silu: bool = False) -> Tensor:  # (b, c, t, h, w) -> same
-        out = torch.empty_like(x)
+    def forward(self, x: Tensor, silu: bool = False, out: Tensor | None = None) -> Tensor:  # (b, c, t, h, w) -> same
+        out = torch.empty_like(x) if out is None else out
         for i in range(x.shape[2]):
             frame = F.group_norm(x[:, :, i], self.num_groups, self.weight, self.bias, self.eps)  # (b, c, h, w)
             out[:, :, i] = F.silu(frame, inplace=True) if silu else frame
         return out
+
+
+def norm_conv(norm: FrameGroupNorm, conv: CausalConv3d, x: Tensor, cache: CausalCache | None) -> Tensor:
+    """``conv(silu(norm(x)), cache)`` with the norm written straight into the conv's padded input:
+    no separate norm output, no time-padding copy (bitwise the same as the two calls)."""
+    b, _, t, h, w = x.shape
+    padded, body = conv.padded_input(b, t, h, w, dtype=x.dtype, device=x.device, cache=cache)
+    norm(x, silu=True, out=body)
+    return conv.conv_padded(padded, cache)
 
 
 class ResnetBlock(nn.Module):
@@ -47,8 +56,8 @@ class ResnetBlock(nn.Module):
         self.conv_shortcut = CausalConv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: Tensor, cache: CausalCache | None) -> Tensor:
-        h = self.conv1(self.norm1(x, silu=True), cache)
-        h = self.conv2(self.norm2(h, silu=True), cache)
+        h = norm_conv(self.norm1, self.conv1, x, cache)
+        h = norm_conv(self.norm2, self.conv2, h, cache)
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x, cache)
         return h.add_(skip)
 
@@ -107,8 +116,13 @@ class Downsample(nn.Module):
         kernel, stride = ((3, 3, 3), (2, 2, 2)) if temporal else ((1, 3, 3), (1, 2, 2))
         self.conv = CausalConv3d(channels, channels, kernel, stride=stride, spatial_padding=0)
 
-    def forward(self, x: Tensor, cache: CausalCache | None) -> Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)), cache)  # (b, c, t', h/2, w/2)
+    def forward(self, x: Tensor, cache: CausalCache | None) -> Tensor:  # (b, c, t, h, w) -> (b, c, t', h/2, w/2)
+        b, _, t, h, w = x.shape
+        padded, body = self.conv.padded_input(b, t, h + 1, w + 1, dtype=x.dtype, device=x.device, cache=cache)
+        body[..., h:, :].zero_()  # F.pad(x, (0, 1, 0, 1)) written into the conv's input
+        body[..., :h, w:].zero_()
+        body[..., :h, :w].copy_(x)
+        return self.conv.conv_padded(padded, cache)
 
 
 class Upsample(nn.Module):
@@ -126,9 +140,16 @@ class Upsample(nn.Module):
         self.conv = CausalConv3d(channels, channels, 3)
 
     def forward(self, x: Tensor, cache: CausalCache | None) -> Tensor:
-        first_chunk = cache is None or not cache.has(self.conv)
-        x = rearrange(self.upscale_conv(x), "b (x y z c) f h w -> b c (f z) (h x) (w y)",
-                      x=2, y=2, z=self.time_ratio)  # (b, c, r_t*t, 2h, 2w), a view
-        if self.time_ratio > 1 and first_chunk:
-            x = torch.cat([x[:, :, :1], x[:, :, 2:]], dim=2)  # drop the duplicate of frame 0
-        return self.conv(x, cache)
+        """The pixel shuffle ``b (x y z c) f h w -> b c (f z) (h x) (w y)`` is written straight into the
+        causal conv's padded input (one copy, no intermediate)."""
+        b, _, t, h, w = x.shape
+        z, c = self.time_ratio, self.conv.in_channels
+        drop = z > 1 and (cache is None or not cache.has(self.conv))  # drop the duplicate of frame 0
+        up = self.upscale_conv(x).view(b, 2, 2, z, c, t, h, w).permute(0, 4, 5, 3, 6, 1, 7, 2)  # b c f z h x w y
+        padded, body = self.conv.padded_input(b, z * t - drop, 2 * h, 2 * w, dtype=x.dtype, device=x.device, cache=cache)
+        if drop:
+            body[:, :, :1].view(b, c, 1, 1, h, 2, w, 2).copy_(up[:, :, :1, :1])
+            body[:, :, 1:].view(b, c, t - 1, z, h, 2, w, 2).copy_(up[:, :, 1:])
+        else:
+            body.view(b, c, t, z, h, 2, w, 2).copy_(up)
+        return self.conv.conv_padded(padded, cache)

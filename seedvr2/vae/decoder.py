@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import FrameGroupNorm, MidBlock, NORM_EPS, ResnetBlock, Upsample
-from .causal_conv import CausalCache, CausalConv3d
+from .blocks import FrameGroupNorm, MidBlock, NORM_EPS, ResnetBlock, Upsample, norm_conv
+from .causal_conv import CausalCache, CausalConv3d, per_frame as _per_frame
 from .config import VAEConfig
 
 
@@ -54,9 +54,9 @@ class Decoder(nn.Module):
             x = block(x, cache)  # SeedVR2: (b, 512, T, h'*4, w'*4) after two blocks
         if cache is None:
             return self._spatial_stages(x, None)
-        return torch.cat([self._spatial_stages(x[:, :, i : i + 1], cache) for i in range(x.shape[2])], dim=2)
+        return _per_frame(lambda frame: self._spatial_stages(frame, cache), x)
 
     def _spatial_stages(self, x: Tensor, cache: CausalCache | None) -> Tensor:
         for block in self.up_blocks[self.temporal_blocks:]:
             x = block(x, cache)
-        return self.conv_out(self.conv_norm_out(x, silu=True), cache)  # (b, 3, T, 8h', 8w')
+        return norm_conv(self.conv_norm_out, self.conv_out, x, cache)  # (b, 3, T, 8h', 8w')

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import Downsample, FrameGroupNorm, MidBlock, NORM_EPS, ResnetBlock
-from .causal_conv import CausalCache, CausalConv3d
+from .blocks import Downsample, FrameGroupNorm, MidBlock, NORM_EPS, ResnetBlock, norm_conv
+from .causal_conv import CausalCache, CausalConv3d, per_frame as _per_frame
 from .config import VAEConfig
 
 
@@ -54,11 +54,10 @@ class Encoder(nn.Module):
         if cache is None:
             x = self._stages(head, self.conv_in(x, None), None)
         else:
-            x = torch.cat([self._stages(head, self.conv_in(x[:, :, i : i + 1], cache), cache)
-                           for i in range(x.shape[2])], dim=2)  # (b, c1, T, H/2, W/2) for SeedVR2
+            x = _per_frame(lambda frame: self._stages(head, self.conv_in(frame, cache), cache), x)  # (b, c1, T, H/2, W/2)
         x = self._stages(self.down_blocks[self.frame_local_blocks:], x, cache)
         x = self.mid_block(x, cache)  # (b, c_last, t', H/8, W/8)
-        return self.conv_out(self.conv_norm_out(x, silu=True), cache)  # (b, 2*latent, t', H/8, W/8)
+        return norm_conv(self.conv_norm_out, self.conv_out, x, cache)  # (b, 2*latent, t', H/8, W/8)
 
     @staticmethod
     def _stages(blocks: nn.ModuleList, x: Tensor, cache: CausalCache | None) -> Tensor:

@@ -26,6 +26,9 @@ the tiles compute ``(1 + (n - 1) * overlap / size)`` times the pixels per axis f
 Compute runs on the device and in the dtype of the weights (choose them at load time: bf16 is
 what the official run uses); norms are computed in fp32. Inputs and outputs may live elsewhere,
 e.g. on the CPU: each tile chunk is moved to the compute device as it is needed.
+
+Fast paths (`seedvr2.speed.SpeedOptions`, read from ``vae.speed`` at each call): cuDNN autotuning
+scoped to the call, channels-last-3d convs, several equal tiles per call (``tile_batch``).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..speed import SpeedOptions, set_conv_memory_format, vae_call_context
 from .config import VAEConfig
 from .decoder import Decoder
 from .encoder import Encoder
@@ -90,6 +94,7 @@ class VideoVAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        self.speed = SpeedOptions()  # fast paths of encode/decode (seedvr2.speed)
 
     @torch.no_grad()
     def encode(self, x: Tensor, *, tile_size: int | None = DEFAULT_TILE_SIZE,
@@ -108,8 +113,7 @@ class VideoVAE(nn.Module):
         plan = self._plan(latent_shape, tile_size, tile_overlap, chunk_frames, encode=True)
         moments = torch.zeros(x.shape[0], 2 * self.config.latent_channels, *latent_shape,
                               device=output_device or x.device, dtype=output_dtype or x.dtype)
-        device, dtype = _weights_device_dtype(self.encoder)
-        run_tiled(self.encoder, x, moments, plan, device=device, dtype=dtype, cache_device=cache_device, on_tile=on_tile)
+        self._run(self.encoder, x, moments, plan, cache_device, on_tile)
         return DiagonalGaussian(moments)
 
     @torch.no_grad()
@@ -128,9 +132,17 @@ class VideoVAE(nn.Module):
         plan = self._plan(tuple(z.shape[2:]), tile_size, tile_overlap, chunk_frames, encode=False)
         out = torch.zeros(z.shape[0], self.config.out_channels, ft * (z.shape[2] - 1) + 1, f * z.shape[3],
                           f * z.shape[4], device=output_device or z.device, dtype=output_dtype or z.dtype)
-        device, dtype = _weights_device_dtype(self.decoder)
-        run_tiled(self.decoder, z, out, plan, device=device, dtype=dtype, cache_device=cache_device, on_tile=on_tile)
+        self._run(self.decoder, z, out, plan, cache_device, on_tile)
         return out
+
+    def _run(self, half: nn.Module, x: Tensor, out: Tensor, plan: TilePlan, cache_device, on_tile) -> None:
+        """Run the encoder or decoder over the plan with this VAE's `speed` options."""
+        speed = self.speed
+        device, dtype = _weights_device_dtype(half)
+        set_conv_memory_format(half, speed.channels_last)
+        with vae_call_context(speed, device):
+            run_tiled(half, x, out, plan, device=device, dtype=dtype, cache_device=cache_device, on_tile=on_tile,
+                      tile_batch=speed.tile_batch)
 
     # ---------------------------------------------------------------------------------------
     # Planning and validation

@@ -124,40 +124,63 @@ class TilePlan:
 
 def run_tiled(fn: Callable[[Tensor, CausalCache | None], Tensor], x: Tensor, out: Tensor, plan: TilePlan, *,
               device: torch.device, dtype: torch.dtype, cache_device: torch.device | str | None = None,
-              on_tile: ProgressCallback | None = None) -> Tensor:
+              on_tile: ProgressCallback | None = None, tile_batch: int = 1) -> Tensor:
     """Run ``fn(x_tile_chunk, cache) -> y_tile_chunk`` over every tile and chunk; blend into ``out``.
 
     ``x`` is (b, c, T_in, H_in, W_in) on any device; each tile chunk is moved to ``device``/``dtype``
     as it is needed. ``out`` (b, c', T_out, H_out, W_out) must be zero-filled when there is more
     than one tile. ``cache_device`` is where the causal state between chunks lives (None: ``device``).
     ``on_tile(done, total)`` is called after every step and may raise to cancel.
+
+    ``tile_batch > 1``: up to that many tiles of the same size run together, stacked on the batch
+    dim with one causal cache (every layer is per sample, so each tile gets its own result); the
+    working set grows by that factor. Groups are formed by tile size in plan order; within a group
+    the tiles are blended in plan order.
     """
-    whole_clip = len(plan.chunks) == 1
     blended = len(plan.rows) * len(plan.cols) > 1
+    tiles = [(row, col) for row in plan.rows for col in plan.cols]
     done = 0
-    for row in plan.rows:
-        for col in plan.cols:
-            # (h_out, w_out) fp32 on the compute device: contributions are weighted before rounding
-            weight = blend_weights(row, plan.out_scale)[:, None] * blend_weights(col, plan.out_scale)
-            weight = weight.to(device)
-            cache = None if whole_clip else CausalCache(cache_device)
-            y_in = slice(row.start * plan.in_scale, row.stop * plan.in_scale)
-            x_in = slice(col.start * plan.in_scale, col.stop * plan.in_scale)
-            y_out = slice(row.start * plan.out_scale, row.stop * plan.out_scale)
-            x_out = slice(col.start * plan.out_scale, col.stop * plan.out_scale)
-            for chunk in plan.chunks:
-                piece = x[:, :, chunk.inputs, y_in, x_in].to(device=device, dtype=dtype)
-                result = fn(piece, cache)  # (b, c', t, h, w) of this tile and chunk
-                del piece
-                target = out[:, :, chunk.outputs, y_out, x_out]
-                if result.shape != target.shape:
-                    raise RuntimeError(f"VAE tile produced {tuple(result.shape)}, expected {tuple(target.shape)}")
+    for group in _tile_groups(tiles, tile_batch):
+        # (h_out, w_out) fp32 on the compute device: contributions are weighted before rounding
+        weights = [(blend_weights(row, plan.out_scale)[:, None] * blend_weights(col, plan.out_scale)).to(device)
+                   for row, col in group] if blended else None
+        cache = None if len(plan.chunks) == 1 else CausalCache(cache_device)
+        for chunk in plan.chunks:
+            pieces = [x[:, :, chunk.inputs, _cells(row, plan.in_scale), _cells(col, plan.in_scale)] for row, col in group]
+            piece = (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).to(device=device, dtype=dtype)
+            del pieces
+            result = fn(piece, cache)  # (k*b, c', t, h, w) of these tiles and this chunk
+            del piece
+            for i, (row, col) in enumerate(group):
+                target = out[:, :, chunk.outputs, _cells(row, plan.out_scale), _cells(col, plan.out_scale)]
+                part = result[i * out.shape[0]: (i + 1) * out.shape[0]]
+                if part.shape != target.shape:
+                    raise RuntimeError(f"VAE tile produced {tuple(part.shape)}, expected {tuple(target.shape)}")
                 if blended:
-                    target.add_((result.float() * weight).to(device=out.device, dtype=out.dtype))
+                    target.add_((part.float() * weights[i]).to(device=out.device, dtype=out.dtype))
                 else:
-                    target.copy_(result)
-                del result
-                done += 1
-                if on_tile is not None:
-                    on_tile(done, plan.steps)
+                    target.copy_(part)
+            del result
+            done += len(group)
+            if on_tile is not None:
+                on_tile(done, plan.steps)
     return out
+
+
+def _cells(span: Span, scale: int) -> slice:
+    return slice(span.start * scale, span.stop * scale)
+
+
+def _tile_groups(tiles: list[tuple[Span, Span]], tile_batch: int) -> list[list[tuple[Span, Span]]]:
+    """Tiles in plan order, gathered into groups of up to ``tile_batch`` tiles of equal size; a
+    group is placed where its first tile is."""
+    groups: list[list[tuple[Span, Span]]] = []
+    open_groups: dict[tuple[int, int], list[tuple[Span, Span]]] = {}
+    for row, col in tiles:
+        size = (row.stop - row.start, col.stop - col.start)
+        group = open_groups.get(size)
+        if group is None or len(group) >= tile_batch:
+            group = open_groups[size] = []
+            groups.append(group)
+        group.append((row, col))
+    return groups
