@@ -39,6 +39,7 @@ Variants (the hook for speed switches; `--variant`, `--check`): a variant is a s
 variables applied around the run (and restored after), plus torch switches: `eager` disables
 `torch.compile` (`torch._dynamo.config.disable`) and cuDNN autotuning and sets SEEDVR2_EAGER=1,
 which the pipeline's fast paths must honour at call time to fall back to the reference code.
+`compile`, `channels_last`, `tile_batch` and `all` set `seedvr2.speed.SpeedOptions` on the models.
 `--check` runs each case twice on the same models, `fast` (as shipped) then `eager`, and reports the
 max |diff| of the outputs. Add switches by extending `VARIANTS`, or ad hoc: `--variant NAME:ENV=VALUE,...`.
 """
@@ -69,6 +70,7 @@ from blockswap import BlockSwapConfig, apply_block_swap  # noqa: E402
 from blockswap_bench import RssSampler, rss  # noqa: E402
 from fit_cards import CONTEXT_GIB, random_dit  # noqa: E402
 from seedvr2 import MemoryFit, ModulePlacement, UpscaleModels, UpscaleSettings, VAETiling  # noqa: E402
+from seedvr2.speed import SpeedOptions, apply_speed  # noqa: E402
 
 GiB = 1 << 30
 PHASES = ("encode", "dit", "decode")
@@ -155,6 +157,7 @@ class Variant:
     env: dict[str, str] = field(default_factory=dict)
     dynamo_disable: bool | None = None
     cudnn_benchmark: bool | None = None
+    speed: SpeedOptions | None = None  # the models' fast paths (seedvr2.speed), None = as shipped
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
@@ -179,8 +182,13 @@ class Variant:
 
 
 VARIANTS = {
-    "fast": Variant("fast"),  # as shipped: whatever the pipeline does by default
-    "eager": Variant("eager", {"SEEDVR2_EAGER": "1"}, dynamo_disable=True, cudnn_benchmark=False),
+    "fast": Variant("fast"),  # as shipped: whatever the pipeline does by default (SpeedOptions())
+    "eager": Variant("eager", {"SEEDVR2_EAGER": "1"}, dynamo_disable=True, cudnn_benchmark=False,
+                     speed=SpeedOptions.eager()),
+    "compile": Variant("compile", speed=SpeedOptions(dit_compile=True)),
+    "channels_last": Variant("channels_last", speed=SpeedOptions(channels_last=True)),
+    "tile_batch": Variant("tile_batch", speed=SpeedOptions(tile_batch=4)),
+    "all": Variant("all", speed=SpeedOptions(channels_last=True, tile_batch=4, dit_compile=True)),
 }
 
 
@@ -344,6 +352,7 @@ def run_upscale(m: Models, case: Case, device: torch.device, budget: str, blocks
                          f"not {case.output_hw}; pass another --input-scale")
     with variant.applied():
         placed = place(m, device, budget, blocks)
+        apply_speed(variant.speed or SpeedOptions(), vae=placed.models.vae, dit=placed.models.dit)
         try:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -356,6 +365,7 @@ def run_upscale(m: Models, case: Case, device: torch.device, budget: str, blocks
                 end_vram = timer.peak_vram()
             plan = _plan_summary(placed.models)
         finally:
+            apply_speed(SpeedOptions(), vae=placed.models.vae, dit=placed.models.dit)  # models are reused
             placed.undo()
     phases = {p: figures(timer.seconds[p], case.frames, case.output_hw, timer.vram[p], timer.rss[p]) for p in PHASES}
     vram_values = [v for v in (*timer.vram.values(), timer.gap_vram, end_vram) if v is not None]

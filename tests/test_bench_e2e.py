@@ -174,3 +174,23 @@ def test_repeats_keep_the_fastest_run() -> None:
     runs = [{"total": {"seconds": s}, "case": "x"} for s in (3.0, 1.5, 2.0)]
     best = e2e.fastest(runs)
     assert best["total"]["seconds"] == 1.5 and best["repeats_total_seconds"] == [3.0, 1.5, 2.0]
+
+
+def test_speed_variants_reach_the_models_and_are_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--variant tile_batch` runs with the VAE's SpeedOptions set, and the reused models get the
+    shipped defaults back after the run."""
+    from seedvr2.speed import SpeedOptions
+
+    models = e2e.build_models(e2e._model_specs()["tiny"], torch.device("cpu"))
+    seen = []
+    real_upscale = e2e.seedvr2.upscale
+
+    def spying(frames, m, *args, **kwargs):
+        seen.append(m.vae.speed)
+        return real_upscale(frames, m, *args, **kwargs)
+
+    monkeypatch.setattr(e2e.seedvr2, "upscale", spying)
+    e2e.run_upscale(models, e2e.CASES["tiny"], torch.device("cpu"), "resident", None, e2e.parse_variant("tile_batch"),
+                    1.0, "none")
+    assert seen == [SpeedOptions(tile_batch=4)]
+    assert models.vae.speed == SpeedOptions()
