@@ -298,9 +298,10 @@ class VideoSource:
             self._pass, self._frames, self._kept = None, None, []
 
     def identity(self) -> dict:
-        from .pipeline.store import file_identity
+        """The file's exact content hash (see `pipeline.store.content_identity`) and frame shape."""
+        from .pipeline.store import content_identity
 
-        return {"file": file_identity(self.path), "frames": list(self.shape)}
+        return {"file": content_identity(self.path), "frames": list(self.shape)}
 
     def __enter__(self) -> "VideoSource":
         return self

@@ -1,0 +1,90 @@
+"""`--resume DIR` against hostile or unlucky folders and inputs (review of issue 15).
+
+* An input edited in the middle keeps its size, head and tail: the resume key must still change
+  (else a resume would mix batches of the old video into the new one).
+* A crafted manifest (nested too deeply, huge, control characters in its names) is a clear
+  `ResumeError`, never a RecursionError or a terminal escape.
+* Two runs creating the same folder at once: the second never overwrites the first's manifest;
+  it checks it (and is refused if its run differs).
+"""
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+
+import seedvr2.pipeline.store as store_module
+from seedvr2.pipeline.store import FORMAT, MANIFEST, MANIFEST_MAX_BYTES, ResumeError, ResumeStore
+from seedvr2.video_io import VideoSource
+
+
+def test_an_input_edited_in_the_middle_changes_the_resume_key(tmp_path):
+    size = 40 << 20  # beyond the 2 x 16 MiB that a head-and-tail hash reads
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    data = bytearray(os.urandom(1 << 20)) * 40
+    a.write_bytes(data)
+    data[size // 2] ^= 0xFF  # one byte edited in the middle: same size, same head and tail
+    b.write_bytes(data)
+    shape = (10, 8, 8, 3)
+    key_a = VideoSource.identity(SimpleNamespace(path=a, shape=shape))
+    key_b = VideoSource.identity(SimpleNamespace(path=b, shape=shape))
+    assert key_a != key_b
+    assert key_a == VideoSource.identity(SimpleNamespace(path=a, shape=shape))  # and it is stable
+
+
+def _bind(folder, key=None):
+    return ResumeStore(folder, key or {"run": 1}).bind({"more": 2})
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000,
+                                  json.dumps({"format": FORMAT, "key": {"run": 1, "pad": "x" * MANIFEST_MAX_BYTES}})],
+                         ids=["nested", "huge"])
+def test_a_crafted_manifest_is_a_clear_error(tmp_path, text):
+    (tmp_path / MANIFEST).write_text(text)
+    with pytest.raises(ResumeError, match="manifest.json is (unreadable or )?corrupt"):
+        _bind(tmp_path)
+
+
+def test_names_from_the_manifest_reach_the_message_escaped(tmp_path):
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": FORMAT, "key": {"\x1b[2J": 1}}))
+    with pytest.raises(ResumeError) as info:
+        _bind(tmp_path)
+    assert "\x1b" not in str(info.value) and "\\u001b[2J" in str(info.value)
+
+
+def test_a_second_run_starting_at_once_checks_the_first_manifest_not_overwrites_it(tmp_path, monkeypatch):
+    """The rival run writes its manifest between our check and our write."""
+    real_mkstemp, raced = store_module.tempfile.mkstemp, []
+
+    def racing_mkstemp(*args, **kwargs):
+        if not raced:
+            raced.append(1)
+            _bind(tmp_path, {"run": "rival"})
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(store_module.tempfile, "mkstemp", racing_mkstemp)
+    with pytest.raises(ResumeError, match="different run.*run: stored \"rival\", now 1"):
+        _bind(tmp_path)
+    assert json.loads((tmp_path / MANIFEST).read_text())["key"]["run"] == "rival"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST]  # no temporary file left
+
+
+def test_a_second_run_of_the_same_key_starting_at_once_shares_the_folder(tmp_path, monkeypatch):
+    real_mkstemp, raced = store_module.tempfile.mkstemp, []
+
+    def racing_mkstemp(*args, **kwargs):
+        if not raced:
+            raced.append(1)
+            _bind(tmp_path)
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(store_module.tempfile, "mkstemp", racing_mkstemp)
+    assert _bind(tmp_path).bound
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST]
+
+
+def test_a_temporary_file_left_by_a_killed_run_does_not_make_the_folder_foreign(tmp_path):
+    (tmp_path / ".partial-abc123.tmp").write_bytes(b"cut short")
+    assert _bind(tmp_path).bound
