@@ -92,6 +92,9 @@ def read_image(path: str | Path) -> torch.Tensor:
                 return torch.from_numpy(np.repeat(gray[..., None], 3, axis=-1))[None]
             has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
             array = np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
+    except Image.DecompressionBombError as exc:  # an Exception, neither OSError nor ValueError
+        raise MediaError(f"{path}: the image header claims more pixels than Pillow reads safely ({exc}); "
+                         "a real image this large cannot be upscaled anyway") from None
     except (OSError, ValueError) as exc:
         raise MediaError(f"{path}: cannot read this image ({exc})") from None
     return torch.from_numpy(array.copy())[None]
@@ -183,6 +186,11 @@ def read_video(path: str | Path) -> tuple[torch.Tensor, Fraction]:
             raise MediaError(f"{path}: the video could not be decoded ({exc})") from None
     if not arrays:
         raise MediaError(f"{path}: the video has no frames")
+    for index, array in enumerate(arrays):
+        if array.shape != arrays[0].shape:
+            raise MediaError(f"{path}: frame {index} is {array.shape[1]}x{array.shape[0]}, the first frame "
+                             f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; a video whose frame size changes is not "
+                             "supported (re-encode it at one size)")
     return torch.from_numpy(np.stack(arrays)), Fraction(rate)
 
 
@@ -220,12 +228,17 @@ class VideoSource:
     decodes forward and keeps frames from `start` on, dropping older ones; a read before the
     oldest kept frame reopens the file and decodes from the beginning (the pipeline never needs
     that). The frames equal `read_video`'s.
+
+    Checked on every pass: the file's size and modification time are those seen at opening (a
+    file rewritten meanwhile is an error, never frames of two versions), and every frame has the
+    first frame's size (a size change mid-video is an error naming the frame).
     """
 
     dtype = torch.uint8
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._stamp = _stamp(self.path)  # every later pass checks it: frames never mix two versions of the file
         count, first, rate = 0, None, Fraction(25)
         with self._open() as (container, stream, frames):
             rate = Fraction(stream.average_rate or stream.guessed_rate or Fraction(25))
@@ -274,7 +287,13 @@ class VideoSource:
             if frame is None:
                 raise MediaError(f"{self.path}: the video ended at frame {self._kept_start + len(self._kept)} on "
                                  f"this pass but had {self.shape[0]} frames when it was opened (was it modified?)")
-            self._kept.append(frame.to_ndarray(format=self._fmt))
+            array = frame.to_ndarray(format=self._fmt)
+            if array.shape != self.shape[1:]:
+                index = self._kept_start + len(self._kept)
+                raise MediaError(f"{self.path}: frame {index} is {array.shape[1]}x{array.shape[0]}, the first frame "
+                                 f"{self.shape[2]}x{self.shape[1]}; a video whose frame size changes is not supported "
+                                 "(re-encode it at one size)")
+            self._kept.append(array)
         a = start - self._kept_start
         return torch.from_numpy(np.stack(self._kept[a:a + stop - start]))
 
@@ -287,6 +306,9 @@ class VideoSource:
 
     def _restart(self) -> None:
         self.close()
+        if _stamp(self.path) != self._stamp:
+            raise MediaError(f"{self.path}: the file changed since it was opened (size or modification time); "
+                             "rerun once it is no longer being written")
         self._pass = self._open()
         _, _, self._frames = self._pass.__enter__()
         self._kept, self._kept_start = [], 0
@@ -308,6 +330,11 @@ class VideoSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
 
 
 def open_media(path: str | Path):
