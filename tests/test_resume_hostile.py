@@ -14,6 +14,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import seedvr2.pipeline.store as store_module
 from seedvr2.pipeline.store import FORMAT, MANIFEST, MANIFEST_MAX_BYTES, ResumeError, ResumeStore
@@ -88,3 +89,54 @@ def test_a_second_run_of_the_same_key_starting_at_once_shares_the_folder(tmp_pat
 def test_a_temporary_file_left_by_a_killed_run_does_not_make_the_folder_foreign(tmp_path):
     (tmp_path / ".partial-abc123.tmp").write_bytes(b"cut short")
     assert _bind(tmp_path).bound
+
+
+def test_a_batch_file_of_another_shape_is_rejected_from_its_header_without_reading_it(tmp_path, monkeypatch):
+    """A file named like a batch but holding a huge tensor is never read into memory."""
+    import safetensors
+    from safetensors.torch import save_file
+
+    real_open, read = safetensors.safe_open, []
+
+    class Spy:
+        def __init__(self, *args, **kwargs):
+            self.inner = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.f = self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def get_tensor(self, name):
+            read.append(name)
+            return self.f.get_tensor(name)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    store = _bind(tmp_path)
+    save_file({"x0": torch.zeros(64, 64, 64)}, str(store.batch_path(0)))  # 1 MiB where 16 values belong
+    monkeypatch.setattr(safetensors, "safe_open", Spy)
+    assert store.load(0, (1, 2, 2, 4)) is None
+    assert read == []
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()],
+                         ids=["disk-full", "ctrl-c"])
+def test_a_save_cut_short_leaves_no_file_and_the_store_usable(tmp_path, monkeypatch, failure):
+    store = _bind(tmp_path)
+    x0 = torch.rand(1, 2, 2, 4)
+
+    def failing_fsync(fd):
+        raise failure
+
+    monkeypatch.setattr(store_module.os, "fsync", failing_fsync)
+    with pytest.raises(type(failure)):
+        store.save(0, x0, (0, 1))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST]
+    assert store.load(0, (1, 2, 2, 4)) is None and store.stored(1) == []
+    store.save(0, x0, (0, 1))
+    assert torch.equal(_bind(tmp_path).load(0, (1, 2, 2, 4)), x0)
