@@ -162,7 +162,10 @@ class ImageFilesSink:
                 log.warning("%s cannot store an alpha channel; writing RGB (use .png to keep alpha)", self.path.suffix)
                 self._warned = True
             frames = frames[..., :3]
-        write_images(self.path, frames.contiguous(), targets=self.targets[start:start + frames.shape[0]])
+        try:
+            write_images(self.path, frames.contiguous(), targets=self.targets[start:start + frames.shape[0]])
+        except OSError as exc:  # disk full, ...: name the output, not the temporary file
+            raise MediaError(f"{self.path}: writing frame files failed ({exc.strerror or exc})") from None
 
 
 def read_video(path: str | Path) -> tuple[torch.Tensor, Fraction]:
@@ -387,10 +390,21 @@ class VideoWriter:
             self._open(frames.shape[2], frames.shape[1], frames.shape[3])
         av = _import_av()
         channels = 4 if self._alpha else 3
-        for frame in frames[..., :channels].numpy():
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgba" if self._alpha else "rgb24")
-            self._container.mux(self._stream.encode(video_frame))
+        with self._writing(av):
+            for frame in frames[..., :channels].numpy():
+                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
+                                                         format="rgba" if self._alpha else "rgb24")
+                self._container.mux(self._stream.encode(video_frame))
         self._next += frames.shape[0]
+
+    @contextlib.contextmanager
+    def _writing(self, av):
+        """Encoder and disk errors (disk full, ...) as a MediaError naming the output, not the
+        temporary file (they surface in the CLI from the writer thread)."""
+        try:
+            yield
+        except (av.error.FFmpegError, OSError) as exc:
+            raise MediaError(f"{self.label}: writing the video failed ({getattr(exc, 'strerror', None) or exc})") from None
 
     def _open(self, width: int, height: int, channels: int) -> None:
         av = _import_av()
@@ -428,10 +442,14 @@ class VideoWriter:
     def close(self) -> None:
         if self._container is None:
             return
+        av = _import_av()
         try:
-            self._container.mux(self._stream.encode(None))  # flush the encoder
+            with self._writing(av):
+                try:
+                    self._container.mux(self._stream.encode(None))  # flush the encoder
+                finally:
+                    self._container.close()
         finally:
-            self._container.close()
             self._container = None
 
     def __enter__(self) -> "VideoWriter":

@@ -1,0 +1,69 @@
+"""Disk full while the CLI streams its output (review of issue 15).
+
+The writer runs on `ThreadedSink`'s thread; its error must reach the user as one line naming the
+output (not the hidden temporary file, not a bare "No space left on device"), the run must end
+(no hang), and nothing may be left at the target or beside it.
+"""
+from __future__ import annotations
+
+import pytest
+
+import seedvr2.video_io as video_io
+from seedvr2.cli import main
+from test_cli_safety import cli_args, models_dir, partials, write_video  # noqa: F401 - the models_dir fixture
+
+Image = pytest.importorskip("PIL.Image")
+
+
+class DiskFull:
+    """Wraps an av output container: the n-th mux raises ENOSPC, as a full disk would."""
+
+    def __init__(self, inner, at: int):
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def mux(self, packets):
+        self.calls += 1
+        if self.calls >= self.at:
+            raise OSError(28, "No space left on device")
+        return self.inner.mux(packets)
+
+    def close(self):
+        self.inner.close()
+
+
+def _run(models_dir, tmp_path, out, capsys):
+    src = write_video(tmp_path / "clip.mp4", frames=13)
+    code = main(cli_args(models_dir, src, "-o", out, "-q", "--resolution", "16", "--vae-tile-size", "0",
+                         "--batch-size", "5"))
+    return code, capsys.readouterr().err
+
+
+def test_disk_full_while_encoding_names_the_output_and_leaves_nothing(models_dir, tmp_path, capsys, monkeypatch):
+    real_open = video_io.VideoWriter._open
+
+    def opening(self, *args):
+        real_open(self, *args)
+        self._container = DiskFull(self._container, at=3)
+
+    monkeypatch.setattr(video_io.VideoWriter, "_open", opening)
+    out = tmp_path / "out.mp4"
+    code, err = _run(models_dir, tmp_path, out, capsys)
+    assert code == 2 and f"error: {out}: writing the video failed (No space left on device)" in err, err
+    assert "Traceback" not in err and not out.exists() and partials(tmp_path) == []
+
+
+def test_disk_full_while_writing_frames_names_the_output_and_leaves_nothing(models_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    real_save, saved = Image.Image.save, []
+
+    def saving(self, fp, *args, **kwargs):
+        saved.append(fp)
+        if len(saved) == 7:
+            raise OSError(28, "No space left on device", str(fp))
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", saving)
+    out = tmp_path / "frames.png"
+    code, err = _run(models_dir, tmp_path, out, capsys)
+    assert code == 2 and f"error: {out}: writing frame files failed (No space left on device)" in err, err
+    assert "partial" not in err and partials(tmp_path) == [] and not list(tmp_path.glob("frames_*.png"))
