@@ -11,7 +11,9 @@ is the input itself (by `os.path.samefile`: any spelling, hard or symbolic link)
 rename is atomic, the same suffix so encoders pick the format), and renames them into place only
 in `commit()`. Until then nothing exists at the targets and a previous file there is intact; an
 exception, Ctrl-C or SIGTERM (which the CLI turns into an exception) removes the temporary
-files. Only SIGKILL can leave one behind, under that name and never at the target.
+files. Only SIGKILL can leave one behind, under that name and never at the target. One more
+exception, by design: without `overwrite`, a file that appears at a target while the run writes
+is kept, and so is the run's result, under its temporary name(s), which the error names.
 """
 from __future__ import annotations
 
@@ -105,6 +107,7 @@ class AtomicOutputs:
         self.plan = plan
         self.temps = [t.with_name(f".{t.stem}{PARTIAL_MARK}{os.getpid()}{t.suffix}") for t in plan.targets]
         self._committed = False
+        self._keep = False  # a commit stopped by a file that appeared at a target keeps the result
 
     @property
     def temp(self) -> Path:
@@ -113,13 +116,20 @@ class AtomicOutputs:
 
     def commit(self) -> list[Path]:
         """Move every finished temporary file to its target; returns the targets."""
-        for temp, target in zip(self.temps, self.plan.targets):
+        pairs = list(zip(self.temps, self.plan.targets))
+        for i, (temp, target) in enumerate(pairs):
             if not temp.exists():
                 raise MediaError(f"{target}: nothing was written (no temporary file {temp.name})")
             if self.plan.overwrite:
                 os.replace(temp, target)
-            else:
+                continue
+            try:
                 _link_no_overwrite(temp, target)
+            except _Appeared as exc:
+                self._keep = True  # the message points at the temporary files: they must stay
+                rest = len(pairs) - i - 1
+                raise MediaError(str(exc) + (f" (and {rest} more frame(s) of this run under the same kind of name)"
+                                             if rest else "")) from None
         self._committed = True
         return list(self.plan.targets)
 
@@ -144,8 +154,12 @@ class AtomicOutputs:
         return self
 
     def __exit__(self, *exc) -> None:
-        if not self._committed:
+        if not self._committed and not self._keep:
             self.discard()
+
+
+class _Appeared(MediaError):
+    """A file appeared at a target during the run (no --overwrite): it is kept, and so is ours."""
 
 
 def _link_no_overwrite(temp: Path, target: Path) -> None:
@@ -153,14 +167,14 @@ def _link_no_overwrite(temp: Path, target: Path) -> None:
     try:
         os.link(temp, target)
     except FileExistsError:
-        raise MediaError(f"{target} appeared while this run was writing; it was kept and the result is at "
-                         f"{temp}") from None
+        raise _Appeared(f"{target} appeared while this run was writing; it was kept and the result is at "
+                        f"{temp}") from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP):
             raise
         if target.exists():  # no hard links on this file system: check, then rename
-            raise MediaError(f"{target} appeared while this run was writing; it was kept and the result is at "
-                             f"{temp}") from None
+            raise _Appeared(f"{target} appeared while this run was writing; it was kept and the result is at "
+                            f"{temp}") from None
         os.replace(temp, target)
         return
     temp.unlink()

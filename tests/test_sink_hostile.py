@@ -67,3 +67,27 @@ def test_disk_full_while_writing_frames_names_the_output_and_leaves_nothing(mode
     code, err = _run(models_dir, tmp_path, out, capsys)
     assert code == 2 and f"error: {out}: writing frame files failed (No space left on device)" in err, err
     assert "partial" not in err and partials(tmp_path) == [] and not list(tmp_path.glob("frames_*.png"))
+
+
+@pytest.mark.parametrize("frames,clash", [(1, "out.png"), (4, "out_00002.png")], ids=["single", "sequence"])
+def test_a_file_appearing_at_the_target_keeps_both_and_the_message_is_true(tmp_path, frames, clash):
+    """Without -y a file that appears at a target during the run is kept; the error names where the
+    run's result is, and it must really be there (it was deleted on the way out)."""
+    from seedvr2.outputs import AtomicOutputs, plan_outputs
+    from seedvr2.video_io import MediaError
+
+    source = tmp_path / "in.mp4"
+    source.write_bytes(b"input")
+    plan = plan_outputs(source, tmp_path / "out.png", frames=frames, input_is_video=True, overwrite=False)
+    with pytest.raises(MediaError) as info:
+        with AtomicOutputs(plan) as files:
+            for temp in files.temps:
+                temp.write_bytes(b"result of a long run")
+            (tmp_path / clash).write_bytes(b"someone else's")
+            files.commit()
+    message = str(info.value)
+    kept = message.split("the result is at ")[1].split(" ")[0]
+    assert (tmp_path / clash).read_bytes() == b"someone else's"
+    assert kept.endswith(".png") and open(kept, "rb").read() == b"result of a long run"
+    if frames > 1:
+        assert "and 1 more frame(s) of this run" in message and len(partials(tmp_path)) == 2
