@@ -6,6 +6,8 @@ output (not the hidden temporary file, not a bare "No space left on device"), th
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import seedvr2.video_io as video_io
@@ -91,3 +93,39 @@ def test_a_file_appearing_at_the_target_keeps_both_and_the_message_is_true(tmp_p
     assert kept.endswith(".png") and open(kept, "rb").read() == b"result of a long run"
     if frames > 1:
         assert "and 1 more frame(s) of this run" in message and len(partials(tmp_path)) == 2
+
+
+
+@pytest.mark.parametrize("interrupt_in", ["join", "put"])
+def test_ctrl_c_while_close_waits_stops_the_writer_before_returning(interrupt_in):
+    """Ctrl-C during `close()` (waiting for the last batches: in the join, or in the put of the
+    stop mark on a full queue) must not leave the writer thread running: the video writer is
+    closed next, from the main thread, and PyAV's container must not be used from two threads
+    at once. The worker finishes the batch it is writing and drops the rest."""
+    import threading
+
+    from seedvr2.pipeline.output import ThreadedSink
+    from test_speed_sink import SlowSink, _frames
+
+    gate = threading.Event()
+    inner = SlowSink(gate=gate)
+    sink = ThreadedSink(inner, depth=2)
+    starts = (0, 2) if interrupt_in == "join" else (0, 2, 4)  # 0 is held at the gate; the rest wait (full: put)
+    for start in starts:
+        sink.write(start, _frames(start))
+    owner = sink._thread if interrupt_in == "join" else sink._queue
+    real, calls = getattr(owner, interrupt_in), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            threading.Timer(0.2, gate.set).start()
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    setattr(owner, interrupt_in, interrupted)
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        sink.close()
+    assert not sink._thread.is_alive() and time.perf_counter() - started < 3
+    assert [w[0] for w in inner.writes] == [0]
