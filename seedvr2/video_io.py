@@ -369,7 +369,7 @@ class VideoWriter:
     """A frame sink (`dtype`, `write(start, frames)`) that encodes frames as they arrive.
 
     Frames must arrive in order (the pipeline guarantees it). Call `close()` to flush; the
-    writer is also a context manager.
+    writer is also a context manager (leaving it on an exception aborts: no flush).
     """
 
     dtype = torch.uint8
@@ -452,8 +452,24 @@ class VideoWriter:
         finally:
             self._container = None
 
+    def abort(self) -> None:
+        """Close without flushing the encoder: the file is being abandoned (an error, Ctrl-C), so
+        the frames still in the encoder (dozens with x264's lookahead) are not encoded, and a
+        second error (the disk is still full) cannot replace the first."""
+        if self._container is None:
+            return
+        try:
+            self._container.close()
+        except Exception as exc:  # noqa: BLE001 - the file is discarded anyway
+            log.debug("closing the abandoned video %s: %s", self.label, exc)
+        finally:
+            self._container = None
+
     def __enter__(self) -> "VideoWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 import seedvr2.video_io as video_io
 from seedvr2.cli import main
@@ -129,3 +130,29 @@ def test_ctrl_c_while_close_waits_stops_the_writer_before_returning(interrupt_in
         sink.close()
     assert not sink._thread.is_alive() and time.perf_counter() - started < 3
     assert [w[0] for w in inner.writes] == [0]
+
+
+def test_leaving_the_video_writer_on_an_error_does_not_flush_the_encoder(tmp_path):
+    """After Ctrl-C or an error the output is discarded: the encoder's buffered frames are not
+    encoded (seconds at 4K), and a second error cannot hide the first."""
+    from seedvr2.video_io import VideoWriter
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner, self.muxed, self.closed = inner, 0, False
+
+        def mux(self, packets):
+            self.muxed += 1
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            self.closed = True
+            self.inner.close()
+
+    writer = VideoWriter(tmp_path / "out.mp4", 12)
+    with pytest.raises(KeyboardInterrupt):
+        with writer:
+            writer.write(0, torch.zeros(3, 16, 16, 3, dtype=torch.uint8))
+            writer._container = recording = Recording(writer._container)
+            raise KeyboardInterrupt
+    assert recording.muxed == 0 and recording.closed and writer._container is None
