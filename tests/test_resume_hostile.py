@@ -140,3 +140,21 @@ def test_a_save_cut_short_leaves_no_file_and_the_store_usable(tmp_path, monkeypa
     assert store.load(0, (1, 2, 2, 4)) is None and store.stored(1) == []
     store.save(0, x0, (0, 1))
     assert torch.equal(_bind(tmp_path).load(0, (1, 2, 2, 4)), x0)
+
+
+def test_an_output_inside_the_resume_folder_is_refused_before_any_work(tmp_path, capsys):
+    """The output's temporary file would make the (empty) folder look foreign, and the folder
+    holds only batches: said at once, naming both options."""
+    from seedvr2.cli import main
+
+    folder = tmp_path / "R"
+    folder.mkdir()
+    (tmp_path / "link").symlink_to(folder)
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(b"not read: the check comes first")
+    for output in (folder / "out.mp4", tmp_path / "link" / "out.mp4"):
+        code = main([str(source), "-o", str(output), "--resume", str(folder), "--models-dir", str(tmp_path / "none"),
+                     "--no-download", "--device", "cpu", "-q"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"-o {output} is inside --resume {folder}" in err, err
+    assert list(folder.iterdir()) == []
