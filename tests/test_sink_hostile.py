@@ -156,3 +156,34 @@ def test_leaving_the_video_writer_on_an_error_does_not_flush_the_encoder(tmp_pat
             writer._container = recording = Recording(writer._container)
             raise KeyboardInterrupt
     assert recording.muxed == 0 and recording.closed and writer._container is None
+
+
+def test_ctrl_c_during_the_final_renames_never_leaves_half_an_image_sequence(tmp_path):
+    """SIGINT arriving while the frames are renamed into place is delivered after the last one."""
+    import os
+    import signal
+
+    import seedvr2.outputs as outputs
+    from seedvr2.outputs import AtomicOutputs, plan_outputs
+
+    source = tmp_path / "in.mp4"
+    source.write_bytes(b"input")
+    plan = plan_outputs(source, tmp_path / "out.png", frames=5, input_is_video=True, overwrite=True)
+    real_replace, done = os.replace, []
+
+    def replace(a, b):
+        real_replace(a, b)
+        done.append(b)
+        if len(done) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C half way through
+
+    with pytest.raises(KeyboardInterrupt):
+        with AtomicOutputs(plan) as files:
+            for temp in files.temps:
+                temp.write_bytes(b"frame")
+            outputs.os.replace = replace
+            try:
+                files.commit()
+            finally:
+                outputs.os.replace = real_replace
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"] + [f"out_{i:05d}.png" for i in range(5)]
