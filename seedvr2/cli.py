@@ -34,7 +34,7 @@ from .batching import plan_batches
 from .distributed.spec import ModelSpec
 from .loaders import DTYPES, LoadedDiT, compute_dtype, load_dit_model, load_vae_model, upscale_models
 from .models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError, preflight
-from .outputs import AtomicOutputs, OutputPlan, plan_outputs
+from .outputs import AtomicOutputs, OutputPlan, _same_file, plan_outputs
 from .pipeline import (NonFiniteOutputError, UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling, check_host_memory,
                        host_memory_needed, upscale)
 from .pipeline.output import ThreadedSink
@@ -230,6 +230,9 @@ def run(args: argparse.Namespace) -> int:
     if is_video_path(output):
         check_crf(args.crf, output, option="--crf")
     store = ResumeStore(args.resume) if args.resume is not None else None  # folder checked before the input is read
+    if store is not None and _same_file(Path(output).parent, store.path):
+        raise UpscaleInputError(f"-o {output} is inside --resume {args.resume}, a folder that holds only the run's "
+                                "batches; write the output elsewhere (choose another -o)")
     source, fps = open_media(args.input)
     with contextlib.closing(source) if hasattr(source, "close") else contextlib.nullcontext():
         return _run_source(args, source, fps, output, settings, device, store, distributed)

@@ -9,15 +9,21 @@ is the input itself (by `os.path.samefile`: any spelling, hard or symbolic link)
 `AtomicOutputs` writes each file under a temporary name beside its target,
 `.<stem>.seedvr2-partial-<pid><suffix>` (hidden, clearly named, the same folder so the final
 rename is atomic, the same suffix so encoders pick the format), and renames them into place only
-in `commit()`. Until then nothing exists at the targets and a previous file there is intact; an
+in `commit()` (Ctrl-C and SIGTERM are held back until the last rename, so an image sequence is
+never left half renamed). Until then nothing exists at the targets and a previous file there is intact; an
 exception, Ctrl-C or SIGTERM (which the CLI turns into an exception) removes the temporary
-files. Only SIGKILL can leave one behind, under that name and never at the target.
+files. Only SIGKILL can leave one behind, under that name and never at the target. One more
+exception, by design: without `overwrite`, a file that appears at a target while the run writes
+is kept, and so is the run's result, under its temporary name(s), which the error names.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +111,7 @@ class AtomicOutputs:
         self.plan = plan
         self.temps = [t.with_name(f".{t.stem}{PARTIAL_MARK}{os.getpid()}{t.suffix}") for t in plan.targets]
         self._committed = False
+        self._keep = False  # a commit stopped by a file that appeared at a target keeps the result
 
     @property
     def temp(self) -> Path:
@@ -112,14 +119,28 @@ class AtomicOutputs:
         return self.temps[0]
 
     def commit(self) -> list[Path]:
-        """Move every finished temporary file to its target; returns the targets."""
-        for temp, target in zip(self.temps, self.plan.targets):
+        """Move every finished temporary file to its target; returns the targets.
+
+        Ctrl-C and SIGTERM are held back until every file is in place (POSIX, main thread): an
+        image sequence is never left half renamed (some new frames, some old or missing)."""
+        with _signals_held():
+            return self._commit()
+
+    def _commit(self) -> list[Path]:
+        pairs = list(zip(self.temps, self.plan.targets))
+        for i, (temp, target) in enumerate(pairs):
             if not temp.exists():
                 raise MediaError(f"{target}: nothing was written (no temporary file {temp.name})")
             if self.plan.overwrite:
                 os.replace(temp, target)
-            else:
+                continue
+            try:
                 _link_no_overwrite(temp, target)
+            except _Appeared as exc:
+                self._keep = True  # the message points at the temporary files: they must stay
+                rest = len(pairs) - i - 1
+                raise MediaError(str(exc) + (f" (and {rest} more frame(s) of this run under the same kind of name)"
+                                             if rest else "")) from None
         self._committed = True
         return list(self.plan.targets)
 
@@ -144,8 +165,32 @@ class AtomicOutputs:
         return self
 
     def __exit__(self, *exc) -> None:
-        if not self._committed:
+        if not self._committed and not self._keep:
             self.discard()
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT/SIGTERM arriving inside are raised again on leaving (held, not lost). Python runs
+    signal handlers in the main thread only, so holding is done by swapping the handlers there
+    (a signal mask would not do: the process's other threads, torch's, would take the signal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            signal.raise_signal(received[0])  # now handled as it would have been (Ctrl-C: KeyboardInterrupt)
+
+
+class _Appeared(MediaError):
+    """A file appeared at a target during the run (no --overwrite): it is kept, and so is ours."""
 
 
 def _link_no_overwrite(temp: Path, target: Path) -> None:
@@ -153,14 +198,14 @@ def _link_no_overwrite(temp: Path, target: Path) -> None:
     try:
         os.link(temp, target)
     except FileExistsError:
-        raise MediaError(f"{target} appeared while this run was writing; it was kept and the result is at "
-                         f"{temp}") from None
+        raise _Appeared(f"{target} appeared while this run was writing; it was kept and the result is at "
+                        f"{temp}") from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP):
             raise
         if target.exists():  # no hard links on this file system: check, then rename
-            raise MediaError(f"{target} appeared while this run was writing; it was kept and the result is at "
-                             f"{temp}") from None
+            raise _Appeared(f"{target} appeared while this run was writing; it was kept and the result is at "
+                            f"{temp}") from None
         os.replace(temp, target)
         return
     temp.unlink()

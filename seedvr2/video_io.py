@@ -92,6 +92,9 @@ def read_image(path: str | Path) -> torch.Tensor:
                 return torch.from_numpy(np.repeat(gray[..., None], 3, axis=-1))[None]
             has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
             array = np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
+    except Image.DecompressionBombError as exc:  # an Exception, neither OSError nor ValueError
+        raise MediaError(f"{path}: the image header claims more pixels than Pillow reads safely ({exc}); "
+                         "a real image this large cannot be upscaled anyway") from None
     except (OSError, ValueError) as exc:
         raise MediaError(f"{path}: cannot read this image ({exc})") from None
     return torch.from_numpy(array.copy())[None]
@@ -159,7 +162,10 @@ class ImageFilesSink:
                 log.warning("%s cannot store an alpha channel; writing RGB (use .png to keep alpha)", self.path.suffix)
                 self._warned = True
             frames = frames[..., :3]
-        write_images(self.path, frames.contiguous(), targets=self.targets[start:start + frames.shape[0]])
+        try:
+            write_images(self.path, frames.contiguous(), targets=self.targets[start:start + frames.shape[0]])
+        except OSError as exc:  # disk full, ...: name the output, not the temporary file
+            raise MediaError(f"{self.path}: writing frame files failed ({exc.strerror or exc})") from None
 
 
 def read_video(path: str | Path) -> tuple[torch.Tensor, Fraction]:
@@ -183,6 +189,11 @@ def read_video(path: str | Path) -> tuple[torch.Tensor, Fraction]:
             raise MediaError(f"{path}: the video could not be decoded ({exc})") from None
     if not arrays:
         raise MediaError(f"{path}: the video has no frames")
+    for index, array in enumerate(arrays):
+        if array.shape != arrays[0].shape:
+            raise MediaError(f"{path}: frame {index} is {array.shape[1]}x{array.shape[0]}, the first frame "
+                             f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; a video whose frame size changes is not "
+                             "supported (re-encode it at one size)")
     return torch.from_numpy(np.stack(arrays)), Fraction(rate)
 
 
@@ -220,12 +231,17 @@ class VideoSource:
     decodes forward and keeps frames from `start` on, dropping older ones; a read before the
     oldest kept frame reopens the file and decodes from the beginning (the pipeline never needs
     that). The frames equal `read_video`'s.
+
+    Checked on every pass: the file's size and modification time are those seen at opening (a
+    file rewritten meanwhile is an error, never frames of two versions), and every frame has the
+    first frame's size (a size change mid-video is an error naming the frame).
     """
 
     dtype = torch.uint8
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._stamp = _stamp(self.path)  # every later pass checks it: frames never mix two versions of the file
         count, first, rate = 0, None, Fraction(25)
         with self._open() as (container, stream, frames):
             rate = Fraction(stream.average_rate or stream.guessed_rate or Fraction(25))
@@ -274,7 +290,13 @@ class VideoSource:
             if frame is None:
                 raise MediaError(f"{self.path}: the video ended at frame {self._kept_start + len(self._kept)} on "
                                  f"this pass but had {self.shape[0]} frames when it was opened (was it modified?)")
-            self._kept.append(frame.to_ndarray(format=self._fmt))
+            array = frame.to_ndarray(format=self._fmt)
+            if array.shape != self.shape[1:]:
+                index = self._kept_start + len(self._kept)
+                raise MediaError(f"{self.path}: frame {index} is {array.shape[1]}x{array.shape[0]}, the first frame "
+                                 f"{self.shape[2]}x{self.shape[1]}; a video whose frame size changes is not supported "
+                                 "(re-encode it at one size)")
+            self._kept.append(array)
         a = start - self._kept_start
         return torch.from_numpy(np.stack(self._kept[a:a + stop - start]))
 
@@ -287,6 +309,9 @@ class VideoSource:
 
     def _restart(self) -> None:
         self.close()
+        if _stamp(self.path) != self._stamp:
+            raise MediaError(f"{self.path}: the file changed since it was opened (size or modification time); "
+                             "rerun once it is no longer being written")
         self._pass = self._open()
         _, _, self._frames = self._pass.__enter__()
         self._kept, self._kept_start = [], 0
@@ -298,15 +323,21 @@ class VideoSource:
             self._pass, self._frames, self._kept = None, None, []
 
     def identity(self) -> dict:
-        from .pipeline.store import file_identity
+        """The file's exact content hash (see `pipeline.store.content_identity`) and frame shape."""
+        from .pipeline.store import content_identity
 
-        return {"file": file_identity(self.path), "frames": list(self.shape)}
+        return {"file": content_identity(self.path), "frames": list(self.shape)}
 
     def __enter__(self) -> "VideoSource":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
 
 
 def open_media(path: str | Path):
@@ -338,7 +369,7 @@ class VideoWriter:
     """A frame sink (`dtype`, `write(start, frames)`) that encodes frames as they arrive.
 
     Frames must arrive in order (the pipeline guarantees it). Call `close()` to flush; the
-    writer is also a context manager.
+    writer is also a context manager (leaving it on an exception aborts: no flush).
     """
 
     dtype = torch.uint8
@@ -359,10 +390,21 @@ class VideoWriter:
             self._open(frames.shape[2], frames.shape[1], frames.shape[3])
         av = _import_av()
         channels = 4 if self._alpha else 3
-        for frame in frames[..., :channels].numpy():
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgba" if self._alpha else "rgb24")
-            self._container.mux(self._stream.encode(video_frame))
+        with self._writing(av):
+            for frame in frames[..., :channels].numpy():
+                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
+                                                         format="rgba" if self._alpha else "rgb24")
+                self._container.mux(self._stream.encode(video_frame))
         self._next += frames.shape[0]
+
+    @contextlib.contextmanager
+    def _writing(self, av):
+        """Encoder and disk errors (disk full, ...) as a MediaError naming the output, not the
+        temporary file (they surface in the CLI from the writer thread)."""
+        try:
+            yield
+        except (av.error.FFmpegError, OSError) as exc:
+            raise MediaError(f"{self.label}: writing the video failed ({getattr(exc, 'strerror', None) or exc})") from None
 
     def _open(self, width: int, height: int, channels: int) -> None:
         av = _import_av()
@@ -400,14 +442,34 @@ class VideoWriter:
     def close(self) -> None:
         if self._container is None:
             return
+        av = _import_av()
         try:
-            self._container.mux(self._stream.encode(None))  # flush the encoder
+            with self._writing(av):
+                try:
+                    self._container.mux(self._stream.encode(None))  # flush the encoder
+                finally:
+                    self._container.close()
         finally:
+            self._container = None
+
+    def abort(self) -> None:
+        """Close without flushing the encoder: the file is being abandoned (an error, Ctrl-C), so
+        the frames still in the encoder (dozens with x264's lookahead) are not encoded, and a
+        second error (the disk is still full) cannot replace the first."""
+        if self._container is None:
+            return
+        try:
             self._container.close()
+        except Exception as exc:  # noqa: BLE001 - the file is discarded anyway
+            log.debug("closing the abandoned video %s: %s", self.label, exc)
+        finally:
             self._container = None
 
     def __enter__(self) -> "VideoWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

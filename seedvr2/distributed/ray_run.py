@@ -17,6 +17,9 @@ Design (Ray is the scheduler and transport; nothing here is a home-made cluster)
   workers left. A batch is a pure function of its frames, settings and per-batch noise, so the
   re-run gives the same result. Only when no worker is left (or one batch has failed on
   `MAX_ATTEMPTS` workers) does the run stop, with `WorkersLostError` saying so.
+* Fail fast: a `--ray-address` `host:port` where nothing answers is an error within
+  CONNECT_TIMEOUT (Ray's `init` retries for minutes); asking a local cluster for more workers
+  than it has GPUs (or CPUs) is an error before any actor starts (they would wait START_TIMEOUT).
 * `resume`: the driver stores every x0 a worker returns; batches already stored are sent with
   their x0, so the worker only decodes them.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -151,6 +155,12 @@ class RayWorkers:
             if device is not None and device.startswith("cuda") and not self.gpu:
                 raise UpscaleInputError(f"--device {device}: the Ray cluster has no GPUs; use --device cpu")
             count = workers or max(1, gpus if self.gpu else 1)
+            kind = "GPU" if self.gpu else "CPU"
+            have = ray.cluster_resources().get(kind, 0)
+            if self._ours and address is None and count > have:  # a local cluster never grows: the extra workers would never start
+                raise UpscaleInputError(
+                    f"--workers {count}: each worker needs one {kind} and this machine's Ray cluster has {have:g}; "
+                    f"use --workers {int(have)} or fewer")
             remote = ray.remote(BatchWorker).options(num_gpus=1 if self.gpu else 0, num_cpus=0 if self.gpu else 1,
                                                      max_restarts=0, max_task_retries=0)
             self.actors = [remote.remote(spec, None if self.gpu else "cpu", torch.get_num_threads())
@@ -220,6 +230,7 @@ def _connect(address: str | None, workers: int | None) -> bool:
         from ..loaders import blockswap  # the engine package seedvr2 uses, shipped beside it
 
         modules = [str(Path(__file__).resolve().parents[1]), str(Path(blockswap.__file__).resolve().parent)]
+        _check_reachable(address)
         try:
             ray.init(address=address, runtime_env={"py_modules": modules}, logging_level=logging.WARNING)
         except ConnectionError as exc:
@@ -232,6 +243,24 @@ def _connect(address: str | None, workers: int | None) -> bool:
     cpus = os.cpu_count() or 1
     init_local_ray(num_cpus=max(cpus, workers or 1) if not gpus else cpus, num_gpus=gpus)
     return True
+
+
+CONNECT_TIMEOUT = 10.0  # seconds to reach --ray-address before Ray's own (minutes-long) retries
+
+
+def _check_reachable(address: str) -> None:
+    """A `host:port` (or `ray://host:port`) that nothing answers on is an error within seconds:
+    `ray.init` itself retries an unreachable head for minutes. Other forms ("auto", ...) are
+    left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise UpscaleInputError(
+            f"--ray-address {address}: nothing answers there ({exc.strerror or exc}). Check the address "
+            "(`ray status` on the head node shows it) and that the head node is running and reachable") from None
 
 
 def upscale_on_ray(

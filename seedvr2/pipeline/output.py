@@ -72,6 +72,8 @@ class ThreadedSink:
     * Closing: `close()` waits until everything is written and re-raises a worker error; as a
       context manager, leaving on an exception drops the queued batches and stops the worker
       without writing them (the output is being abandoned anyway). The inner sink is not closed.
+      Neither returns nor raises (not even on Ctrl-C while waiting) before the worker has ended:
+      the caller closes the inner sink next, from its own thread.
     """
 
     _STOP = object()
@@ -101,8 +103,7 @@ class ThreadedSink:
         """Write everything still queued, stop the worker, re-raise its error if any. Idempotent."""
         if not self._closed:
             self._closed = True
-            self._queue.put(self._STOP)
-            self._thread.join()
+            self._stop()
         self._raise_error()
 
     def abandon(self) -> None:
@@ -110,8 +111,28 @@ class ThreadedSink:
         self._abandon.set()
         if not self._closed:
             self._closed = True
+            self._stop()
+
+    def _stop(self) -> None:
+        """Send the stop mark and wait for the worker. Interrupted (Ctrl-C) while waiting, the
+        queue is abandoned and the wait goes on (the worker ends after the batch it is writing)
+        before the interrupt propagates: the inner sink is closed next by the caller, and must
+        never be used from two threads at once."""
+        try:
             self._queue.put(self._STOP)
             self._thread.join()
+        except BaseException:
+            self._abandon.set()  # the worker drains without writing: the queue empties
+            sent = False  # (a second stop mark, if the first got in, is never read)
+            while self._thread.is_alive():
+                if not sent:
+                    try:
+                        self._queue.put(self._STOP, timeout=0.1)
+                        sent = True
+                    except queue.Full:
+                        continue
+                self._thread.join(0.1)
+            raise
 
     def __enter__(self) -> ThreadedSink:
         return self

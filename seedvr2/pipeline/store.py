@@ -6,7 +6,8 @@ per frame against 3*H*W for uint8 output frames (12x smaller), and it skips the 
 (encode and DiT) on resume; the decode is re-run, which is deterministic.
 
 Layout of DIR (created if missing; nothing else is ever written there):
-* `manifest.json`: {"format": FORMAT, "key": {...}}: the key names the input (a content hash),
+* `manifest.json`: {"format": FORMAT, "key": {...}}: the key names the input (SHA-256 of the whole
+  file: an input edited in the middle is another input),
   the settings, the models and every other option that changes the stored latents. A resume
   whose key differs is refused, naming the fields that differ.
 * `batch_NNNNNN.safetensors`: one per finished batch, tensor "x0", metadata: index, frames, and
@@ -15,7 +16,11 @@ Layout of DIR (created if missing; nothing else is ever written there):
 Trust: names are built here from batch indices, never read from the folder (no path from the
 folder reaches a file operation); a stored file is used only if it is a regular file (not a
 link), parses as safetensors (no pickle), has the expected shape and dtype, and matches its hash;
-anything else is logged and recomputed. A folder that exists, is not empty and has no manifest
+anything else is logged and recomputed. The manifest is read only if it is a small regular file
+(under MANIFEST_MAX_BYTES); names and values from it reach messages JSON-escaped. It is created
+without replacing (a hard link): of two runs starting on one new folder, the second checks the
+first's manifest (and is refused if its run differs). Temporary `.partial-*.tmp` files (a
+write cut short by a killed run) do not make a folder foreign. A folder that exists, is not empty and has no manifest
 is refused (it is not ours: we never write into it); so is a file given as DIR, or a folder we
 cannot write.
 """
@@ -36,6 +41,8 @@ log = logging.getLogger("seedvr2")
 
 FORMAT = "seedvr2-resume/1"
 MANIFEST = "manifest.json"
+PARTIAL_PREFIX = ".partial-"  # temporary files of writes in progress (or cut short by a killed run)
+MANIFEST_MAX_BYTES = 1 << 20  # ours are a few KB; a bigger one is not ours (and is not read into memory)
 
 
 class ResumeError(ValueError):
@@ -56,7 +63,9 @@ def _canonical(value):
 def file_identity(path: str | os.PathLike, sample: int = 16 << 20) -> dict:
     """A file's identity without reading all of it: size and SHA-256 of its first and last
     `sample` bytes (the whole file when smaller). Independent of its name, folder and mtime,
-    so a copy on another machine resumes too."""
+    so a copy on another machine resumes too. Not exact (a change in the middle goes unseen):
+    fit for model files (multi-GB, replaced whole, never edited in place); inputs use
+    `content_identity`."""
     path = Path(path)
     size = path.stat().st_size
     digest = hashlib.sha256()
@@ -66,6 +75,21 @@ def file_identity(path: str | os.PathLike, sample: int = 16 << 20) -> dict:
             f.seek(size - sample)
         digest.update(f.read(sample))
     return {"size": size, "sha256_head_tail": digest.hexdigest()}
+
+
+def content_identity(path: str | os.PathLike, chunk: int = 4 << 20) -> dict:
+    """A file's exact identity: size and SHA-256 of all its bytes, read in chunks (bounded memory).
+
+    Used for the input of a resumed run: an input edited in the middle keeps its size, head and
+    tail, so `file_identity` would let a resume mix batches of the old video into the new one.
+    Reading the whole input costs far less than upscaling it (about 0.1-0.3 s per 100 MB here)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
 class ResumeStore:
@@ -113,28 +137,35 @@ class ResumeStore:
         manifest = self.path / MANIFEST
         wanted = {"format": FORMAT, "key": self.key}
         if not manifest.exists() and not manifest.is_symlink():
-            if any(self.path.iterdir()):
+            if any(not _is_partial(p.name) for p in self.path.iterdir()):
                 raise ResumeError(f"--resume {self.path}: the folder is not empty and has no {MANIFEST}, so it is not "
                                   "a seedvr2 resume folder; use an empty or new folder")
-            self._write_bytes(manifest, json.dumps(wanted, indent=1, sort_keys=True).encode())
-            return
+            if self._write_bytes(manifest, json.dumps(wanted, indent=1, sort_keys=True).encode(), replace=False):
+                return
+            # another process (a second run on the same folder) wrote its manifest meanwhile: check it
         try:
-            if not stat.S_ISREG(os.lstat(manifest).st_mode):
+            info = os.lstat(manifest)
+            if not stat.S_ISREG(info.st_mode):
                 raise ValueError("not a regular file")
+            if info.st_size > MANIFEST_MAX_BYTES:
+                raise ValueError(f"{info.st_size} bytes, ours are under {MANIFEST_MAX_BYTES}")
             found = json.loads(manifest.read_text(encoding="utf-8"))
             if not isinstance(found, dict):
                 raise ValueError("not a JSON object")
+            old = _flat(found.get("key") if isinstance(found.get("key"), dict) else {})
+        except RecursionError:
+            raise ResumeError(f"--resume {self.path}: {MANIFEST} is corrupt (nested too deeply); use a new folder, "
+                              "or delete this one to start over") from None
         except (OSError, ValueError) as exc:
             raise ResumeError(f"--resume {self.path}: {MANIFEST} is unreadable or corrupt ({exc}); use a new folder, "
                               "or delete this one to start over") from None
         if found.get("format") != FORMAT:
             raise ResumeError(f"--resume {self.path}: {MANIFEST} has format {found.get('format')!r}, expected "
                               f"{FORMAT!r}; use a new folder")
-        old = _flat(found.get("key") if isinstance(found.get("key"), dict) else {})
         new = _flat(self.key)
         differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if differ:
-            details = "; ".join(f"{k}: stored {_short(old.get(k))}, now {_short(new.get(k))}" for k in differ[:6])
+            details = "; ".join(f"{_short(k)[1:-1]}: stored {_short(old.get(k))}, now {_short(new.get(k))}" for k in differ[:6])
             raise ResumeError(f"--resume {self.path} holds batches of a different run ({details}). Rerun with the same "
                               "input and settings, or use a new folder (or delete this one) to start over")
 
@@ -160,9 +191,11 @@ class ResumeStore:
                 raise ValueError("not a regular file")
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
+                header = f.get_slice("x0")  # shape and dtype from the header: a huge tensor is never read
+                found = (header.get_dtype(), tuple(header.get_shape()))
+                if found != ("F32", tuple(shape)):
+                    raise ValueError(f"holds {found[0]} {found[1]}, expected F32 {tuple(shape)}")
                 x0 = f.get_tensor("x0")
-            if x0.dtype != torch.float32 or tuple(x0.shape) != tuple(shape):
-                raise ValueError(f"holds {x0.dtype} {tuple(x0.shape)}, expected float32 {tuple(shape)}")
             if meta.get("index") != str(index) or meta.get("sha256") != _sha256(x0):
                 raise ValueError("checksum or index mismatch")
         except Exception as exc:  # noqa: BLE001 - any damage means: compute this batch again
@@ -187,20 +220,47 @@ class ResumeStore:
         if not self.bound:
             raise RuntimeError("ResumeStore used before bind(): the run's key is incomplete (pipeline bug)")
 
-    def _write_bytes(self, target: Path, data: bytes) -> None:
-        fd, temp = tempfile.mkstemp(dir=self.path, prefix=".partial-", suffix=".tmp")
+    def _write_bytes(self, target: Path, data: bytes, replace: bool = True) -> bool:
+        """Write `target` whole or not at all (a temporary file in the folder, then a rename).
+        `replace=False`: never replace an existing target (a hard link, atomic); returns False
+        (nothing written) when the target exists. Any failure, Ctrl-C included, removes the
+        temporary file."""
+        fd, temp = tempfile.mkstemp(dir=self.path, prefix=PARTIAL_PREFIX, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(temp, target)  # replaces a link itself, never what it points to
+            if replace:
+                os.replace(temp, target)  # replaces a link itself, never what it points to
+                return True
+            try:
+                os.link(temp, target)
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links: the check-then-rename window remains
+                if os.path.lexists(target):
+                    return False
+                os.replace(temp, target)
+                return True
+            os.unlink(temp)
+            return True
         except BaseException:
             try:
                 os.unlink(temp)
             except OSError:
                 pass
             raise
+        finally:
+            if not replace and os.path.lexists(temp):
+                try:
+                    os.unlink(temp)
+                except OSError:
+                    pass
+
+
+def _is_partial(name: str) -> bool:
+    return name.startswith(PARTIAL_PREFIX) and name.endswith(".tmp")
 
 
 def _sha256(t: torch.Tensor) -> str:
@@ -219,8 +279,10 @@ def _flat(key: Mapping, prefix: str = "") -> dict:
 
 
 def _short(value) -> str:
+    """JSON text, cut to 80 characters: names and values from the folder reach the terminal
+    escaped (no control characters)."""
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-__all__ = ["FORMAT", "ResumeError", "ResumeStore", "file_identity"]
+__all__ = ["FORMAT", "ResumeError", "ResumeStore", "content_identity", "file_identity"]
