@@ -71,6 +71,7 @@ from blockswap_bench import RssSampler, rss  # noqa: E402
 from fit_cards import CONTEXT_GIB, random_dit  # noqa: E402
 from seedvr2 import MemoryFit, ModulePlacement, UpscaleModels, UpscaleSettings, VAETiling  # noqa: E402
 from seedvr2.speed import SpeedOptions, apply_speed  # noqa: E402
+from tiny_models import DIT3B_TINY_CONFIG, VAE_TINY_CONFIG  # noqa: E402
 
 GiB = 1 << 30
 PHASES = ("encode", "dit", "decode")
@@ -79,13 +80,10 @@ TXT_TOKENS = 58  # the released positive text embedding
 # A DiT of the released 3B kind small enough for a CPU, and loadable by ComfyUI's native NaDiT (which
 # hard-codes txt_dim = vid_dim, emb_dim = 6 vid_dim, windows (4, 3, 3) and a 5120-wide text input).
 SMALL_DIT_CONFIG = {
-    "__object__": {"path": "models.dit_v2.nadit", "name": "NaDiT", "args": "as_params"},
-    "vid_in_channels": 33, "vid_out_channels": 16, "vid_dim": 256, "vid_out_norm": "fusedrms", "txt_in_dim": 5120,
-    "txt_in_norm": "fusedln", "txt_dim": 256, "emb_dim": 1536, "heads": 2, "head_dim": 128, "expand_ratio": 4,
-    "norm": "fusedrms", "norm_eps": 1e-05, "ada": "single", "qk_bias": False, "qk_norm": "fusedrms",
-    "patch_size": [1, 2, 2], "num_layers": 2, "mm_layers": 1, "mlp_type": "swiglu", "msa_type": "None",
-    "block_type": ["mmdit_sr"] * 2, "window": [[4, 3, 3]] * 2,
-    "window_method": ["720pwin_by_size_bysize", "720pswin_by_size_bysize"], "rope_type": "mmrope3d", "rope_dim": 128,
+    **DIT3B_TINY_CONFIG,
+    "vid_dim": 256, "txt_in_dim": 5120, "txt_dim": 256, "emb_dim": 1536, "head_dim": 128, "num_layers": 2,
+    "mm_layers": 1, "block_type": ["mmdit_sr"] * 2, "window": [[4, 3, 3]] * 2,
+    "window_method": ["720pwin_by_size_bysize", "720pswin_by_size_bysize"], "rope_dim": 128,
 }
 
 
@@ -116,8 +114,6 @@ class ModelSpec:
 
 
 def _model_specs() -> dict[str, ModelSpec]:
-    from tiny_models import DIT3B_TINY_CONFIG, VAE_TINY_CONFIG
-
     return {"3b": ModelSpec("3b", "3b", "default"), "7b": ModelSpec("7b", "7b", "default"),
             "small": ModelSpec("small", SMALL_DIT_CONFIG, "default"),
             "tiny": ModelSpec("tiny", DIT3B_TINY_CONFIG, VAE_TINY_CONFIG)}

@@ -19,7 +19,6 @@ is kept, and so is the run's result, under its temporary name(s), which the erro
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import move_no_overwrite
 from .video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError, image_names, is_image_path, is_video_path
 
 log = logging.getLogger("seedvr2")
@@ -195,20 +195,9 @@ class _Appeared(MediaError):
 
 def _link_no_overwrite(temp: Path, target: Path) -> None:
     """Put `temp` at `target` unless a file appeared there meanwhile (then keep both and say so)."""
-    try:
-        os.link(temp, target)
-    except FileExistsError:
+    if not move_no_overwrite(temp, target):
         raise _Appeared(f"{target} appeared while this run was writing; it was kept and the result is at "
-                        f"{temp}") from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP):
-            raise
-        if target.exists():  # no hard links on this file system: check, then rename
-            raise _Appeared(f"{target} appeared while this run was writing; it was kept and the result is at "
-                            f"{temp}") from None
-        os.replace(temp, target)
-        return
-    temp.unlink()
+                        f"{temp}")
 
 
 __all__ = ["AtomicOutputs", "OutputPlan", "PARTIAL_MARK", "plan_outputs"]

@@ -27,6 +27,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..files import move_no_overwrite
 from .registry import Kind, ModelFile, known_file, known_files
 
 log = logging.getLogger(__name__)
@@ -346,15 +347,6 @@ def verify_file(path: Path, entry: ModelFile) -> None:
 
 def _move_no_overwrite(src: Path, dst: Path) -> None:
     """Move `src` to `dst`, failing instead of replacing a file that appeared at `dst` meanwhile."""
-    try:
-        os.link(src, dst)  # atomic, and refuses an existing dst
-    except FileExistsError:
+    if not move_no_overwrite(src, dst):
         raise ModelFileError(f"{dst} appeared while {src.name} was downloading; the existing file was kept and the "
-                             f"download left at {src}") from None
-    except OSError:
-        # No hard links here (e.g. FAT, some network shares): check, then rename.
-        if dst.exists():
-            raise ModelFileError(f"{dst} already exists; the download was left at {src}") from None
-        os.replace(src, dst)
-        return
-    src.unlink()
+                             f"download left at {src}")

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import move_no_overwrite
+
 log = logging.getLogger("seedvr2")
 
 FORMAT = "seedvr2-resume/1"
@@ -234,17 +236,7 @@ class ResumeStore:
             if replace:
                 os.replace(temp, target)  # replaces a link itself, never what it points to
                 return True
-            try:
-                os.link(temp, target)
-            except FileExistsError:
-                return False
-            except OSError:  # a file system without hard links: the check-then-rename window remains
-                if os.path.lexists(target):
-                    return False
-                os.replace(temp, target)
-                return True
-            os.unlink(temp)
-            return True
+            return move_no_overwrite(temp, target)  # False: left for the `finally` to remove
         except BaseException:
             try:
                 os.unlink(temp)
