@@ -245,16 +245,31 @@ class _RecordingPlacement:
         self.log.append(f"offload {self.name}")
 
 
-def test_phases_run_one_model_at_a_time_with_progress(tiny):
+def test_phases_run_one_model_at_a_time_with_progress(tiny, monkeypatch):
+    """Each phase reports 0/N before its first batch's work (a progress bar or bench/e2e.py's timer
+    measures the phase from there), then k/N after each batch."""
     log = []
+    for name in ("encode", "decode"):
+        monkeypatch.setattr(tiny.vae, name, _logged(getattr(tiny.vae, name), f"vae.{name}", log))
+    hook = tiny.dit.register_forward_pre_hook(lambda module, args: log.append("dit()"))
     models = UpscaleModels(tiny.dit, tiny.vae, tiny.pos_emb, "cpu", _RecordingPlacement("dit", log),
                            _RecordingPlacement("vae", log), EXACT_VAE)
-    out = upscale(smooth_video(9, 4, 4), models, UpscaleSettings(resolution=16, batch_size=5),
-                  progress=lambda phase, done, total: log.append(f"{phase} {done}/{total}"))
+    try:
+        out = upscale(smooth_video(9, 4, 4), models, UpscaleSettings(resolution=16, batch_size=5),
+                      progress=lambda phase, done, total: log.append(f"{phase} {done}/{total}"))
+    finally:
+        hook.remove()
     assert out.shape[0] == 9
-    assert log == ["load vae", "encode 0/2", "encode 1/2", "encode 2/2", "offload vae",
-                   "load dit", "dit 0/2", "dit 1/2", "dit 2/2", "offload dit",
-                   "load vae", "decode 0/2", "decode 1/2", "decode 2/2", "offload vae"]
+    assert log == ["load vae", "encode 0/2", "vae.encode", "encode 1/2", "vae.encode", "encode 2/2", "offload vae",
+                   "load dit", "dit 0/2", "dit()", "dit 1/2", "dit()", "dit 2/2", "offload dit",
+                   "load vae", "decode 0/2", "vae.decode", "decode 1/2", "vae.decode", "decode 2/2", "offload vae"]
+
+
+def _logged(fn, name, log):
+    def call(*args, **kwargs):
+        log.append(name)
+        return fn(*args, **kwargs)
+    return call
 
 
 class _Interrupted(BaseException):

@@ -319,14 +319,20 @@ class BatchSteps:
         self.dit_place, self.vae_place, self.vae_dtype = dit_place, vae_place, vae_dtype
         self.report = progress or (lambda phase, done, total: None)
         self.done = {"encode": 0, "dit": 0, "decode": 0}
+        self.begun: set[str] = set()
         self.computed = 0  # batches that ran the DiT (not found in the store)
 
+    def _begin(self, phase: str) -> None:
+        """Report the phase's start (done=0) once, before its first batch's work: a progress bar
+        or timer (bench/e2e.py) measures the phase from here."""
+        if phase not in self.begun:
+            self.begun.add(phase)
+            self.report(phase, 0, len(self.r.batches))
+
     def _step(self, phase: str) -> None:
-        total = len(self.r.batches)
-        if self.done[phase] == 0:
-            self.report(phase, 0, total)
+        self._begin(phase)
         self.done[phase] += 1
-        self.report(phase, self.done[phase], total)
+        self.report(phase, self.done[phase], len(self.r.batches))
 
     def run(self, batches: list[Batch], frames_of: Callable[[Batch], torch.Tensor],
             store: ResumeStore | None = None, x0: dict[int, torch.Tensor] | None = None,
@@ -346,6 +352,7 @@ class BatchSteps:
         if todo:
             latents = {}
             with _loaded(self.vae_place):
+                self._begin("encode")
                 for b in todo:
                     run.check_interrupt()
                     latents[b.index] = fit.retry("encode", lambda b=b: _encode(run, models.vae, self.vae_dtype, b,
@@ -353,6 +360,7 @@ class BatchSteps:
                     self._step("encode")
             with _loaded(self.dit_place), _interrupt_per_block(models.dit, run.check_interrupt):
                 pos_emb = models.pos_emb.to(run.device, torch.float32)
+                self._begin("dit")
                 for b in todo:
                     run.check_interrupt()
                     cond = latents.pop(b.index)  # outside the attempt: an out-of-memory retry needs it again
@@ -365,6 +373,7 @@ class BatchSteps:
                         on_x0(b, x0[b.index])
                     self._step("dit")
         with _loaded(self.vae_place):
+            self._begin("decode")
             for b in batches:
                 run.check_interrupt()
                 output = _decode(run, models.vae, self.vae_dtype, b, x0.pop(b.index), frames_of(b))
