@@ -12,6 +12,7 @@ architecture with PyTorch's default init. Each run upscales random frames and pr
     python bench/e2e.py --case paper --budgets 24 --blocks 20   # explicit blocks instead of the plan
     python bench/e2e.py --case paper --frames 21 --check        # fast paths vs eager: max |diff|
     python bench/e2e.py --case small --native --repeats 2      # + ComfyUI's native SeedVR2 (e2e_native.py)
+    python bench/e2e.py --case paper --budgets 24 --baseline 27be229  # + main before the speed work
 
 Cases (`--case`, several allowed; --frames/--size/--batch override them):
   paper   3B, 100 frames, 768x1344 output, batch 21 (the SeedVR2 paper's H100 figure: 269 s)
@@ -42,6 +43,15 @@ which the pipeline's fast paths must honour at call time to fall back to the ref
 `compile`, `channels_last`, `tile_batch` and `all` set `seedvr2.speed.SpeedOptions` on the models.
 `--check` runs each case twice on the same models, `fast` (as shipped) then `eager`, and reports the
 max |diff| of the outputs. Add switches by extending `VARIANTS`, or ad hoc: `--variant NAME:ENV=VALUE,...`.
+
+Baseline (`--baseline DIR_OR_REV`, the issue's "faster than this project's current main"): after
+each of our runs, the same case and budget again in a subprocess whose `seedvr2` and `blockswap`
+come from an earlier revision (a folder holding both packages, or a git revision of this repo,
+exported with `git archive`); the benches, random models and seeds are this tree's, so both sides
+get the same weights and frames. Each side runs as it shipped (its default fast paths). Printed and
+in the JSON (`baseline`): its record, baseline/ours seconds per phase and in total (> 1: ours is
+faster) and the max |diff| of the outputs (0 when the pixels are unchanged). `27be229` is main
+before the end-to-end speed work (copy-free causal padding, cuDNN autotuning, phase timing).
 """
 from __future__ import annotations
 
@@ -49,7 +59,9 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -64,13 +76,21 @@ BENCH = Path(__file__).resolve().parent
 for _path in (ROOT, BENCH, ROOT / "tests"):  # the repo's packages, sibling benches, tiny test configs
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
+# `--baseline DIR` re-runs this script with this variable set: `seedvr2` and `blockswap` are then
+# imported from DIR (an earlier revision), everything else (benches, tiny configs) from this tree.
+BASELINE_ENV = "SEEDVR2_E2E_BASELINE"
+if os.environ.get(BASELINE_ENV):
+    sys.path.insert(0, os.environ[BASELINE_ENV])
 
 import seedvr2  # noqa: E402
 from blockswap import BlockSwapConfig, apply_block_swap  # noqa: E402
 from blockswap_bench import RssSampler, rss  # noqa: E402
 from fit_cards import CONTEXT_GIB, random_dit  # noqa: E402
 from seedvr2 import MemoryFit, ModulePlacement, UpscaleModels, UpscaleSettings, VAETiling  # noqa: E402
-from seedvr2.speed import SpeedOptions, apply_speed  # noqa: E402
+try:
+    from seedvr2.speed import SpeedOptions, apply_speed  # noqa: E402
+except ImportError:  # a --baseline revision from before seedvr2.speed: it runs as it shipped
+    SpeedOptions = apply_speed = None  # type: ignore[assignment,misc]
 from tiny_models import DIT3B_TINY_CONFIG, VAE_TINY_CONFIG  # noqa: E402
 
 GiB = 1 << 30
@@ -180,11 +200,11 @@ class Variant:
 VARIANTS = {
     "fast": Variant("fast"),  # as shipped: whatever the pipeline does by default (SpeedOptions())
     "eager": Variant("eager", {"SEEDVR2_EAGER": "1"}, dynamo_disable=True, cudnn_benchmark=False,
-                     speed=SpeedOptions.eager()),
-    "compile": Variant("compile", speed=SpeedOptions(dit_compile=True)),
-    "channels_last": Variant("channels_last", speed=SpeedOptions(channels_last=True)),
-    "tile_batch": Variant("tile_batch", speed=SpeedOptions(tile_batch=4)),
-    "all": Variant("all", speed=SpeedOptions(channels_last=True, tile_batch=4, dit_compile=True)),
+                     speed=SpeedOptions and SpeedOptions.eager()),
+    "compile": Variant("compile", speed=SpeedOptions and SpeedOptions(dit_compile=True)),
+    "channels_last": Variant("channels_last", speed=SpeedOptions and SpeedOptions(channels_last=True)),
+    "tile_batch": Variant("tile_batch", speed=SpeedOptions and SpeedOptions(tile_batch=4)),
+    "all": Variant("all", speed=SpeedOptions and SpeedOptions(channels_last=True, tile_batch=4, dit_compile=True)),
 }
 
 
@@ -348,7 +368,7 @@ def run_upscale(m: Models, case: Case, device: torch.device, budget: str, blocks
                          f"not {case.output_hw}; pass another --input-scale")
     with variant.applied():
         placed = place(m, device, budget, blocks)
-        apply_speed(variant.speed or SpeedOptions(), vae=placed.models.vae, dit=placed.models.dit)
+        _apply_speed(variant.speed, placed.models)
         try:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -361,7 +381,7 @@ def run_upscale(m: Models, case: Case, device: torch.device, budget: str, blocks
                 end_vram = timer.peak_vram()
             plan = _plan_summary(placed.models)
         finally:
-            apply_speed(SpeedOptions(), vae=placed.models.vae, dit=placed.models.dit)  # models are reused
+            _apply_speed(None, placed.models)  # models are reused
             placed.undo()
     phases = {p: figures(timer.seconds[p], case.frames, case.output_hw, timer.vram[p], timer.rss[p]) for p in PHASES}
     vram_values = [v for v in (*timer.vram.values(), timer.gap_vram, end_vram) if v is not None]
@@ -374,8 +394,16 @@ def run_upscale(m: Models, case: Case, device: torch.device, budget: str, blocks
         "total": figures(total, case.frames, case.output_hw, max(vram_values) if vram_values else None,
                          timer.peak_rss()),
         "model_build_seconds": m.build_s,
+        "seedvr2": str(Path(seedvr2.__file__).resolve().parent),  # which tree ran (--baseline)
     }
     return record, out
+
+
+def _apply_speed(options: Any, models: UpscaleModels) -> None:
+    """The variant's fast paths on the models (None: the defaults); nothing in a baseline revision
+    without `seedvr2.speed` (it runs as it shipped)."""
+    if apply_speed is not None:
+        apply_speed(options or SpeedOptions(), vae=models.vae, dit=models.dit)
 
 
 def _plan_summary(models: UpscaleModels) -> str:
@@ -457,10 +485,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also run ComfyUI's native SeedVR2 on the same case (bench/e2e_native.py, in the host's venv)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run each case/budget this many times and keep the fastest (noisy machines; default 1)")
+    parser.add_argument("--baseline", metavar="DIR_OR_REV",
+                        help="also run each case/budget with the seedvr2 and blockswap packages of an earlier "
+                             "revision (a folder holding both, or a git revision of this repo), in a subprocess; "
+                             "report baseline/ours per phase and the max |diff| of the outputs")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    parser.add_argument("--save-output", type=Path, help=argparse.SUPPRESS)  # the baseline subprocess's output
     parser.add_argument("--json", type=Path, help="write the records here")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.baseline is not None and (args.check or args.native):
+        parser.error("--baseline runs as shipped on both sides: not with --check or --native")
     for b in args.budgets or []:
         if b != "resident" and not _is_number(b):
             parser.error(f"--budgets takes 'resident' or card sizes in GB, got {b!r}")
@@ -480,8 +516,14 @@ def main(argv: list[str] | None = None) -> int:
         from e2e_native import delegate
 
         return delegate(argv if argv is not None else sys.argv[1:])
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     budgets = args.budgets or (["resident", "24", "12"] if device.type == "cuda" else ["resident"])
+    if args.save_output is not None and (len(budgets) > 1 or len(resolve_cases(args)) > 1):
+        raise SystemExit("--save-output keeps one output: give one case and one budget")
+    stack = contextlib.ExitStack()
+    baseline = None if args.baseline is None else stack.enter_context(baseline_tree(args.baseline))
     specs = _model_specs()
     print(f"e2e on {device_name(device)}; host RSS now {rss() / GiB:.2f} GiB", flush=True)
     records = []
@@ -503,16 +545,97 @@ def main(argv: list[str] | None = None) -> int:
                       f"{a_variant.name} {a['check']['speedup']:.2f}x faster", flush=True)
                 records += [a, b]
             else:
-                runs = [run_upscale(models, case, device, budget, args.blocks, args.variant, args.input_scale,
-                                    args.color)[0] for _ in range(args.repeats)]
+                runs, out = [], None
+                for _ in range(args.repeats):
+                    run, out = run_upscale(models, case, device, budget, args.blocks, args.variant, args.input_scale,
+                                           args.color)
+                    runs.append(run)
                 record = fastest(runs)
                 print_record(record)
+                if args.save_output is not None:
+                    torch.save(out, args.save_output)
+                if baseline is not None:
+                    record["baseline"] = run_baseline(args, case, budget, device, baseline, out)
+                    record["baseline"]["speedup"] = speedups(record, record["baseline"])
+                    print_baseline(record)
                 records.append(record)
+                del out
         del models
+    stack.close()
     if args.json is not None:
         args.json.write_text(json.dumps({"device": device_name(device), "runs": records}, indent=1))
         print(f"\nwrote {args.json}")
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# baseline: the same run with an earlier revision's packages
+
+@contextlib.contextmanager
+def baseline_tree(spec: str) -> Iterator[Path]:
+    """A folder holding an earlier revision's `seedvr2` and `blockswap` packages: `spec` itself when
+    it is such a folder, else `git archive` of revision `spec` of this repo into a temporary one."""
+    folder = Path(spec)
+    if folder.is_dir():
+        missing = [p for p in ("seedvr2", "blockswap") if not (folder / p / "__init__.py").is_file()]
+        if missing:
+            raise SystemExit(f"--baseline {spec}: a baseline folder holds the packages seedvr2/ and blockswap/ "
+                             f"of a revision; missing: {', '.join(missing)}")
+        yield folder.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="e2e-baseline-") as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", spec, "seedvr2", "blockswap"],
+                                 capture_output=True)
+        if archive.returncode != 0:
+            raise SystemExit(f"--baseline {spec}: neither a folder nor a git revision of {ROOT} "
+                             f"({archive.stderr.decode(errors='replace').strip()[-300:]})")
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        yield Path(tmp)
+
+
+def run_baseline(args: argparse.Namespace, case: Case, budget: str, device: torch.device, tree: Path,
+                 ours: torch.Tensor) -> dict:
+    """The same case and budget run by this script in a subprocess that imports `seedvr2` and
+    `blockswap` from `tree` (its own CUDA context and host memory; the same random weights, from
+    the same seeds). Returns its record with the ratios baseline/ours (> 1: ours is faster) and the
+    max |diff| of its output against ours."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the models are back in host RAM: leave the device to the subprocess
+    with tempfile.TemporaryDirectory(prefix="e2e-baseline-run-") as tmp:
+        json_path, out_path = Path(tmp, "baseline.json"), Path(tmp, "baseline.pt")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--case", case.name, "--frames", str(case.frames),
+               "--size", *map(str, case.output_hw), "--batch", str(case.batch), "--budgets", budget,
+               "--input-scale", str(args.input_scale), "--color", args.color, "--repeats", str(args.repeats),
+               "--device", str(device), "--threads", str(torch.get_num_threads()), "--json", str(json_path),
+               "--save-output", str(out_path)]
+        if args.blocks is not None:
+            cmd += ["--blocks", str(args.blocks)]
+        proc = subprocess.run(cmd, env={**os.environ, BASELINE_ENV: str(tree)}, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"the baseline run ({tree}) failed with exit status {proc.returncode}:\n"
+                             f"{(proc.stdout + proc.stderr)[-3000:]}")
+        (record,) = json.loads(json_path.read_text())["runs"]
+        theirs = torch.load(out_path, mmap=True)
+        record["max_abs_diff_vs_ours"] = max_abs_diff(ours, theirs)
+        del theirs
+    return record
+
+
+def speedups(ours: dict, baseline: dict) -> dict[str, float]:
+    """baseline seconds / ours, per phase and in total (> 1: ours is faster)."""
+    ratios = {p: baseline["phases"][p]["seconds"] / ours["phases"][p]["seconds"] for p in PHASES}
+    ratios["total"] = baseline["total"]["seconds"] / ours["total"]["seconds"]
+    return ratios
+
+
+def print_baseline(r: dict) -> None:
+    b = r["baseline"]
+    ratios = b["speedup"]
+    print(f"  baseline ({b['seedvr2']}): total {b['total']['seconds']:.3f} s, peak VRAM {_gib(b['total']['peak_vram_bytes'])}"
+          f" GiB, peak RSS {_gib(b['total']['peak_rss_bytes'])} GiB")
+    print("  baseline/ours seconds (> 1: ours faster): "
+          + ", ".join(f"{p} {v:.2f}x" for p, v in ratios.items())
+          + f"; max |diff| vs ours {b['max_abs_diff_vs_ours']:.3g}", flush=True)
 
 
 if __name__ == "__main__":

@@ -194,3 +194,33 @@ def test_speed_variants_reach_the_models_and_are_undone(monkeypatch: pytest.Monk
                     1.0, "none")
     assert seen == [SpeedOptions(tile_batch=4)]
     assert models.vae.speed == SpeedOptions()
+
+
+def test_baseline_runs_the_same_case_with_the_other_trees_packages(tmp_path: Path) -> None:
+    """`--baseline DIR` runs the case again in a subprocess importing seedvr2/blockswap from DIR and
+    reports baseline/ours per phase and the max |diff| (here DIR is a copy of this tree: equal output)."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    tree = tmp_path / "baseline"
+    for package in ("seedvr2", "blockswap"):
+        shutil.copytree(root / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
+    path = tmp_path / "with_baseline.json"
+    assert e2e.main(["--tiny", "--baseline", str(tree), "--json", str(path)]) == 0
+    (run,) = json.loads(path.read_text())["runs"]
+    base = run["baseline"]
+    assert Path(run["seedvr2"]) == root / "seedvr2"
+    assert Path(base["seedvr2"]) == tree.resolve() / "seedvr2"  # the subprocess imported the baseline's packages
+    assert (base["case"], base["frames"], base["budget"], base["output_hw"]) == \
+        (run["case"], run["frames"], run["budget"], run["output_hw"])
+    assert base["max_abs_diff_vs_ours"] == 0.0  # same code, same seeds: the same pixels
+    for phase in ("encode", "dit", "decode"):
+        assert _close(base["speedup"][phase], base["phases"][phase]["seconds"] / run["phases"][phase]["seconds"])
+    assert _close(base["speedup"]["total"], base["total"]["seconds"] / run["total"]["seconds"])
+
+
+def test_a_baseline_folder_without_the_packages_is_refused_naming_them(tmp_path: Path) -> None:
+    (tmp_path / "seedvr2").mkdir()
+    (tmp_path / "seedvr2" / "__init__.py").write_text("")
+    with pytest.raises(SystemExit, match="missing: blockswap"):
+        e2e.main(["--tiny", "--baseline", str(tmp_path)])
