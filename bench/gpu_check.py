@@ -5,7 +5,7 @@
     python bench/gpu_check.py --only e2e e2e-native   # the end-to-end checks alone (~4 min)
     python bench/gpu_check.py --json gpu.json      # also write the results as JSON
     python bench/gpu_check.py --dit /models/seedvr2_ema_3b_fp16.safetensors   # a real 3B instead of random
-    python bench/gpu_check.py --cpu-smoke          # no GPU: checks (b) and (g)'s code on tiny models, CPU
+    python bench/gpu_check.py --cpu-smoke          # no GPU: checks (b), (g) and (h)'s code on tiny models, CPU
 
 Checks (each one PASS/FAIL with its figures; one summary table at the end; exit status 1 if any failed):
 
@@ -33,7 +33,11 @@ Checks (each one PASS/FAIL with its figures; one summary table at the end; exit 
                   frames, resident and streamed to fit 24 and 12 GB, plus `--check` (fast paths vs eager
                   at 24 GB: max |diff| <= E2E_CHECK_TOLERANCE); outputs finite. --quick: 24 GB only,
                   no check. The whole table (100 frames, 7B 1080p) is one command, see README.
-  h. e2e-native   `bench/e2e_native.py` on the same cut paper case, resident: ours vs ComfyUI 0.33.0's
+  h. e2e-baseline the cut paper case streamed to fit 24 GB, ours and then this project's main before the
+                  speed work (`bench/e2e.py --baseline`, revision E2E_BASELINE_REV from $SEEDVR2_BASELINE_TREE,
+                  the device kit or git): outputs within E2E_CHECK_TOLERANCE; baseline/ours per phase,
+                  reported against the issue's 2x goal. Not in --quick.
+  i. e2e-native   `bench/e2e_native.py` on the same cut paper case, resident: ours vs ComfyUI 0.33.0's
                   native SeedVR2 (per-phase ratio, peak VRAM). Needs a ComfyUI 0.33.0 tree and a Python
                   that imports it (SEEDVR2_COMFYUI_DIR + SEEDVR2_COMFYUI_PYTHON, or the acceptance
                   suite's cached set-up); SKIP with the reason otherwise. Not in --quick.
@@ -494,6 +498,51 @@ def check_e2e(device: torch.device, case_name: str, frames: int | None, budgets:
     return f"{case.name} case, {case.frames} frames: " + "; ".join(rows), figures
 
 
+E2E_BASELINE_REV = "27be229"  # main before the end-to-end speed work (bench/e2e.py --baseline)
+E2E_SPEEDUP_GOAL = 2.0        # issue 14: end to end >= 2x this project's main at the same settings and budget
+
+
+def check_e2e_baseline(device: torch.device, case_name: str, frames: int | None, budget: str) -> tuple[str, dict]:
+    """One case at `budget`, ours and then main before the speed work (`--baseline`): the outputs
+    must agree within E2E_CHECK_TOLERANCE; baseline/ours is reported against the 2x goal."""
+    import e2e
+
+    spec = _baseline_spec()
+    argv = ["--case", case_name, "--budgets", budget, "--baseline", spec]
+    args = e2e.parse_args(argv + ([] if frames is None else ["--frames", str(frames)]))
+    (case,) = e2e.resolve_cases(args)
+    models = e2e.build_models(e2e._model_specs()[case.model], device)
+    record, out = e2e.run_upscale(models, case, device, budget, None, e2e.VARIANTS["fast"], 0.5, "wavelet")
+    del models
+    with e2e.baseline_tree(spec) as tree:
+        base = e2e.run_baseline(args, case, budget, device, tree, out)
+    del out
+    base["speedup"] = e2e.speedups(record, base)
+    record["baseline"] = base
+    e2e.print_record(record)
+    e2e.print_baseline(record)
+    diff, total = base["max_abs_diff_vs_ours"], base["speedup"]["total"]
+    expect(diff <= E2E_CHECK_TOLERANCE, f"ours and the baseline ({spec}) differ by {diff} > {E2E_CHECK_TOLERANCE}")
+    goal = "met" if total >= E2E_SPEEDUP_GOAL else "NOT met"
+    return (f"{budget} GB, baseline {spec}: baseline/ours " +
+            ", ".join(f"{p} {v:.2f}x" for p, v in base["speedup"].items()) +
+            f" (goal {E2E_SPEEDUP_GOAL:.0f}x {goal}); max|diff| {diff:.3g}"), {"ours": record}
+
+
+def _baseline_spec() -> str:
+    """Where main before the speed work is: $SEEDVR2_BASELINE_TREE, the device kit's copy
+    (.devkit/baseline), or the git revision when this is a git checkout; SKIP otherwise."""
+    import os
+
+    for folder in (os.environ.get("SEEDVR2_BASELINE_TREE"), ROOT / ".devkit" / "baseline"):
+        if folder and Path(folder, "seedvr2", "__init__.py").is_file():
+            return str(folder)
+    if (ROOT / ".git").exists():
+        return E2E_BASELINE_REV
+    raise CheckSkipped(f"no baseline tree: set SEEDVR2_BASELINE_TREE to a folder holding seedvr2/ and blockswap/ of "
+                       f"{E2E_BASELINE_REV} (git archive {E2E_BASELINE_REV} seedvr2 blockswap), or build the device kit")
+
+
 def check_e2e_native(tmp: Path) -> tuple[str, dict]:
     tree, python = _native_host()
     out = tmp / "e2e_native.json"
@@ -571,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the random checkpoint (needs ~7 GB)")
     parser.add_argument("--only", nargs="+", default=None,
                         help="run only these checks: cuda-tests 3b-inference fresh-slot pin-refused peak-memory bench "
-                             "e2e e2e-native")
+                             "e2e e2e-baseline e2e-native")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="no GPU needed: run checks (b) and (g) on the tiny test models in block swap's CPU mode")
     args = parser.parse_args(argv)
@@ -584,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
             case = tiny_case(Path(tmp))
             run_check("3b-inference", lambda: check_inference_mode_swap(case, torch.device("cpu")), results)
         run_check("e2e", lambda: check_e2e(torch.device("cpu"), "tiny", None, ["resident", "12"], "12"), results)
+        run_check("e2e-baseline", lambda: check_e2e_baseline(torch.device("cpu"), "tiny", None, "12"), results)
         return finish(results, header, args.json)
 
     if not torch.cuda.is_available():
@@ -624,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         budgets = ["24"] if args.quick else ["resident", "24", "12"]
         run_check("e2e", lambda: check_e2e(device, "paper", E2E_FRAMES, budgets, None if args.quick else "24"),
                   results)
+    if wanted("e2e-baseline") and not args.quick:
+        run_check("e2e-baseline", lambda: check_e2e_baseline(device, "paper", E2E_FRAMES, "24"), results)
     if wanted("e2e-native") and not args.quick:
         with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
             run_check("e2e-native", lambda: check_e2e_native(Path(tmp)), results)
