@@ -23,12 +23,14 @@ Cases (`--case`, several allowed; --frames/--size/--batch override them):
 Input frames are the output size x `--input-scale` (0.5: a 2x upscale), float32 in 0..1 as
 ComfyUI hands them over.
 
-Budgets (`--budgets`, several allowed): `resident` = the whole DiT on the device, the VAE in its
-default tiles; a number N = a card of N GB emulated as `bench/fit_cards.py` does (usable = N - 1.44
-GiB, enforced with `torch.cuda.set_per_process_memory_fraction`): the DiT streamed by block swap,
-blocks and VAE tiles from the automatic plan (`MemoryFit(vram_budget=usable)`), or `--blocks K`
-blocks swapped. On the CPU a budget runs block swap's CPU mode (the same streaming schedule with
-synchronous copies) and the plan with `plan_on_cpu`; the figures then show overhead, not PCIe.
+Budgets (`--budgets`, several allowed): `resident` = the whole DiT on the device, the VAE tiles
+"auto" for the device's free memory (the nodes' default: whole frames on a large card); a number
+N = a card of N GB emulated as `bench/fit_cards.py` does (usable = N - 1.44 GiB, enforced with
+`torch.cuda.set_per_process_memory_fraction`): the DiT streamed by block swap, blocks and VAE tiles
+from the automatic plan (`MemoryFit(vram_budget=usable)`), or `--blocks K` blocks swapped. The
+memory plan's log line (`seedvr2` logger) is kept in each record (`memory_plan`). On the CPU a
+budget runs block swap's CPU mode (the same streaming schedule with synchronous copies) and the
+plan with `plan_on_cpu`; the figures then show overhead, not PCIe.
 
 Phases are timed through the pipeline's `progress(phase, done, total)` callback (CUDA synchronized
 at each call): a phase runs from its first report (done=0, after its model is loaded) to its last
@@ -58,6 +60,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -274,12 +277,14 @@ class Placed:
 
 
 def place(m: Models, device: torch.device, budget: str, blocks: int | None) -> Placed:
-    """`resident`: the whole DiT on the device (ModulePlacement), default VAE tiles. A number of GB:
-    block swap ("auto", or `blocks`) planned for that card's usable memory, VAE tiles "auto"."""
+    """`resident`: the whole DiT on the device (ModulePlacement), VAE tiles "auto" planned for the
+    device's free memory (whole frames when they fit: what the nodes' default gives a large card).
+    A number of GB: block swap ("auto", or `blocks`) planned for that card's usable memory, VAE
+    tiles "auto". On the CPU "auto" tiles are the default tile (no device to plan against)."""
     if budget == "resident":
         _memory_fraction(device, None)
         models = UpscaleModels(m.dit, m.vae, m.pos_emb, device, ModulePlacement(m.dit, device),
-                               ModulePlacement(m.vae, device), VAETiling())
+                               ModulePlacement(m.vae, device), VAETiling(tile_size="auto"), MemoryFit())
         return Placed(models, "resident", lambda: None)
     usable = int((float(budget) - CONTEXT_GIB) * GiB)
     _memory_fraction(device, usable)
@@ -373,7 +378,7 @@ def run_upscale(m: Models, case: Case, device: torch.device, budget: str, blocks
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            with RssSampler() as sampler:
+            with RssSampler() as sampler, _plan_lines() as plan_lines:
                 timer = PhaseTimer(device, sampler)
                 t0 = timer.sync()
                 out = seedvr2.upscale(frames, placed.models, settings, progress=timer)
@@ -389,6 +394,7 @@ def run_upscale(m: Models, case: Case, device: torch.device, budget: str, blocks
         "case": case.name, "model": m.spec.name, "frames": case.frames, "input_hw": list(frames.shape[1:3]),
         "output_hw": list(case.output_hw), "batch": case.batch, "budget": budget, "placement": placed.describe,
         "variant": variant.name, "device": device_name(device), "color_correction": color, "plan": plan,
+        "memory_plan": " | ".join(plan_lines),
         "phases": phases,
         "other_seconds": total - sum(timer.seconds.values()),
         "total": figures(total, case.frames, case.output_hw, max(vram_values) if vram_values else None,
@@ -397,6 +403,29 @@ def run_upscale(m: Models, case: Case, device: torch.device, budget: str, blocks
         "seedvr2": str(Path(seedvr2.__file__).resolve().parent),  # which tree ran (--baseline)
     }
     return record, out
+
+
+@contextlib.contextmanager
+def _plan_lines() -> Iterator[list[str]]:
+    """The `seedvr2` logger's memory-plan and fallback lines during the block (INFO and up)."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if "plan" in text or "out of memory" in text.lower():
+                lines.append(text)
+
+    logger, handler = logging.getLogger("seedvr2"), Keep(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _apply_speed(options: Any, models: UpscaleModels) -> None:
@@ -440,6 +469,8 @@ def print_record(r: dict) -> None:
     print(f"\n{r['case']}: {r['model']} {r['frames']} frames {r['input_hw'][1]}x{r['input_hw'][0]} -> "
           f"{r['output_hw'][1]}x{r['output_hw'][0]}, batch {r['batch']}, {r['placement']}, variant {r['variant']}")
     print(f"  plan: {r['plan']}")
+    if r.get("memory_plan"):
+        print(f"  memory plan: {r['memory_plan']}")
     print(f"  {'phase':<8}{'seconds':>10}{'fps':>9}{'Mpx-fr/s':>10}{'VRAM GiB':>10}{'RSS GiB':>9}")
     for name, f in [*r["phases"].items(), ("total", r["total"])]:
         print(f"  {name:<8}{f['seconds']:>10.3f}{f['fps']:>9.2f}{f['mpx_fps']:>10.2f}{_gib(f['peak_vram_bytes']):>10}"
