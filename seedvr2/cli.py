@@ -13,6 +13,7 @@ Examples:
     seedvr2 clip.mp4 -o clip_1080p.mp4 --resolution 1080 --batch-size 21 --temporal-overlap 2
     seedvr2 clip.mp4 -o clip_1080p.mp4 --vram-budget 10   # leave the rest of the GPU to other work
     seedvr2 photo.png -o photo_4k.png --resolution 2160 --blocks-to-swap 16 --vae-tile-size 512
+    seedvr2 long.mp4 -o long_4k.mp4 --resolution 2160 --batch-size 21 --compile   # long runs: compile pays
 """
 from __future__ import annotations
 
