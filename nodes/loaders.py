@@ -1,7 +1,13 @@
 """SeedVR2 DiT and VAE loader nodes. The DiT loader applies the BlockSwap Config through
-`blockswap`: no weight reaches the GPU at load; blocks move on first use (swapped ones per use)."""
+`blockswap`: no weight reaches the GPU at load; blocks move on first use (swapped ones per use).
+
+The DiT loader's `torch_compile` (the LAST widget, optional: saved workflows and API prompts
+without it load with it off) compiles the loaded DiT's blocks, or returns them to eager, through
+`seedvr2.speed`; it is applied on every execution, so the output always matches the widget, and
+changing it re-runs the loader (ComfyUI keys its cache on the inputs)."""
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -13,12 +19,17 @@ from ..seedvr2.checkpoint import CheckpointError
 from ..seedvr2.loaders import DTYPES, load_dit_model, load_vae_model
 from ..seedvr2.models import DEFAULT_DIT, DEFAULT_VAE, ModelFileError, checked_layout, find_model_file
 from ..seedvr2.pipeline import VAETiling
+from ..seedvr2.speed import SpeedOptions, apply_speed, compile_unavailable
 from ..seedvr2.vae import DEFAULT_CHUNK_FRAMES, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE
 from . import model_folder
 from .types import CATEGORY, NODE_PREFIX, BlockSwapConfigType, DiTType, VAEType
 
+log = logging.getLogger("seedvr2")
 DTYPE_OPTIONS = ["auto", *DTYPES]
 TILE_MODES = ("auto", "manual")
+COMPILE_TOOLTIP = ("torch.compile the transformer blocks: faster DiT on long runs (works with block swap). The first "
+                   "upscale waits for the compile (about a minute); output equals the uncompiled run within "
+                   "rounding. Needs Triton on NVIDIA GPUs (pip install triton, or triton-windows).")
 DTYPE_TOOLTIP = ("Compute precision. auto: bf16 on GPUs that have it (RTX 30xx and newer), fp16 on older GPUs, "
                  "fp32 on CPU. fp8 checkpoints stay fp8 in memory either way and are upcast layer by layer.")
 
@@ -59,6 +70,18 @@ def check_model_file(model: object, kind: str) -> bool | str:
     return True
 
 
+def speed_options(torch_compile: bool, device: torch.device) -> SpeedOptions:
+    """The DiT loader's `torch_compile` -> `SpeedOptions`, refused (naming the input) where torch.compile
+    cannot run on `device`."""
+    if not isinstance(torch_compile, bool):
+        raise ValueError(f"Load DiT: torch_compile must be true or false, got {torch_compile!r}")
+    if torch_compile:
+        reason = compile_unavailable(device)
+        if reason is not None:
+            raise ValueError(f"Load DiT: torch_compile on {device}: {reason}; or turn torch_compile off")
+    return SpeedOptions.from_switches(compile=torch_compile)
+
+
 def vae_tiling(tile_mode: str, tile_size: int, tile_overlap: int, chunk_frames: int) -> VAETiling:
     """The VAE loader's widgets -> `VAETiling`: tile_mode "auto" lets the run's memory plan pick
     the tile ("auto"), "manual" uses tile_size (0 = whole frames). `tile_mode` is the LAST input
@@ -93,6 +116,7 @@ class LoadDiTNode(io.ComfyNode):
                     tooltip="From a SeedVR2 BlockSwap Config node, to set how blocks are swapped. Without it, "
                             "on a GPU the swapped blocks are planned automatically for the free VRAM (as the "
                             "config's mode auto); on CPU nothing is swapped."),
+                io.Boolean.Input("torch_compile", default=False, optional=True, tooltip=COMPILE_TOOLTIP),
             ],
             outputs=[DiTType.Output(display_name="dit", tooltip="Connect to SeedVR2 Upscale.")],
         )
@@ -103,10 +127,15 @@ class LoadDiTNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: str, device: str, dtype: str, attention: str,
-                block_swap_config: dict | None = None) -> io.NodeOutput:
+                block_swap_config: dict | None = None, torch_compile: bool = False) -> io.NodeOutput:
+        where = resolve_device(device)
+        speed = speed_options(torch_compile, where)  # before the load: a refusal costs nothing
         model = model_folder.confined_model(model, "dit")  # also when the name came through a link
-        dit = load_dit_model(model, model_folder.download_dir(), device=resolve_device(device), dtype=dtype,
+        dit = load_dit_model(model, model_folder.download_dir(), device=where, dtype=dtype,
                              attention=attention, block_swap=block_swap_config, extra_dirs=model_folder.model_dirs())
+        apply_speed(speed, dit=dit.module)  # compiled, or eager: what the widget says
+        if torch_compile:
+            log.info("SeedVR2 DiT %s: torch.compile on; the blocks compile on the first upscale", os.path.basename(model))
         return io.NodeOutput(dit)
 
 

@@ -38,6 +38,18 @@ def plans_memory(dit: LoadedDiT, vae: LoadedVAE) -> bool:
     return bool(auto_blocks) or vae.tiling.tile_size == "auto"
 
 
+def compiled_blocks(dit: LoadedDiT) -> int:
+    """How many of the DiT's blocks run a torch.compile'd body (the loader's torch_compile)."""
+    return sum(getattr(block, "compiled_body", None) is not None for block in getattr(dit.module, "blocks", ()))
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process (dynamo's own counter): proof the compile ran."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 class UpscaleNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -106,6 +118,9 @@ class UpscaleNode(io.ComfyNode):
                       check_interrupt=mm.throw_exception_if_processing_interrupted)
         if dit.block_swap is not None and dit.block_swap.active:
             log.info("SeedVR2 %s", dit.block_swap.stats().summary())
+        if compiled_blocks(dit):
+            log.info("SeedVR2 DiT ran %d/%d blocks torch.compile'd (%d graph(s) compiled in this process so far)",
+                     compiled_blocks(dit), len(dit.module.blocks), compiled_graphs())
         mm.soft_empty_cache()
         dtype = getattr(mm, "intermediate_dtype", lambda: torch.float32)()  # ComfyUI >= 0.4 has it
         return io.NodeOutput(out.to(mm.intermediate_device(), dtype))

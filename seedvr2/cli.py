@@ -13,6 +13,7 @@ Examples:
     seedvr2 clip.mp4 -o clip_1080p.mp4 --resolution 1080 --batch-size 21 --temporal-overlap 2
     seedvr2 clip.mp4 -o clip_1080p.mp4 --vram-budget 10   # leave the rest of the GPU to other work
     seedvr2 photo.png -o photo_4k.png --resolution 2160 --blocks-to-swap 16 --vae-tile-size 512
+    seedvr2 long.mp4 -o long_4k.mp4 --resolution 2160 --batch-size 21 --compile   # long runs: compile pays
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from .pipeline.run import plan_windows, validate_source, window_estimate, wxh
 from .pipeline.store import ResumeError, ResumeStore
 from .pipeline.stream import TensorSource
 from .preprocess import plan_geometry
+from .speed import SpeedOptions, compile_unavailable
 from .video_io import (DEFAULT_CRF, ImageFilesSink, MediaError, VideoWriter, check_crf, is_image_path, is_video_path,
                        open_media)
 
@@ -107,15 +109,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     d.add_argument("--vae-tile-overlap", type=int, default=64, help="VAE tile overlap in pixels (default 64)")
     d.add_argument("--vae-chunk-frames", type=int, default=4,
                    help="frames per causal VAE chunk, multiple of 4, 0 = whole batch (default 4)")
-    d.add_argument("--compile", action="store_true",
-                   help="torch.compile the DiT blocks (works with block swap; pays on long runs, the first batch "
-                        "waits for the compile; needs a working Triton on CUDA)")
     d.add_argument("--crf", type=int, default=DEFAULT_CRF,
                    help=f"video quality, lower = better: 0-51 for H.264 (.mp4/.mkv/.mov), 0-63 for VP9 (.webm) "
                         f"(default {DEFAULT_CRF})")
     d.add_argument("--exact-size", action="store_true",
                    help="video output: keep the exact planned size even with an odd side (written as 4:4:4, which "
                         "many players cannot play); by default odd sides are rounded to even (4:2:0)")
+
+    sp = p.add_argument_group("speed (numbers equal eager within rounding)")
+    sp.add_argument("--compile", action="store_true",
+                    help="torch.compile the DiT blocks (works with block swap; pays on long runs, the first batch "
+                         "waits for the compile; needs Triton on CUDA, a C++ compiler on CPU)")
+    sp.add_argument("--channels-last", action="store_true",
+                    help="VAE 3-D convolutions in channels-last-3d memory format (for CUDA GPUs with tensor cores; "
+                         "slower on CPU)")
+    sp.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
+                    help="no cuDNN autotuning of the VAE convolutions (on by default on CUDA: the first tile of "
+                         "each size is tuned once)")
 
     lv = p.add_argument_group("long videos, resume and several GPUs")
     lv.add_argument("--resume", type=Path, metavar="DIR",
@@ -219,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
 
         check_ray()  # before any work: the install hint at once
     device = resolve_device(args.device) if not distributed or args.device else None
+    check_speed_switches(args, device)
     settings = UpscaleSettings(
         resolution=args.resolution, max_resolution=args.max_resolution, batch_size=args.batch_size,
         temporal_overlap=args.temporal_overlap, color_correction=args.color_correction, seed=args.seed,
@@ -285,7 +296,27 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     tiling = VAETiling(args.vae_tile_size or None, args.vae_tile_overlap, args.vae_chunk_frames or None)  # 0 -> whole
     return ModelSpec(args.dit, args.vae, str(args.models_dir), dtype=args.dtype, attention=args.attention,
                      block_swap=block_swap, vae_tiling=tiling, download=not args.no_download,
-                     compile_dit=args.compile)
+                     speed=speed_options(args))
+
+
+def speed_options(args: argparse.Namespace) -> SpeedOptions:
+    """The speed switches (--compile, --channels-last, --no-cudnn-benchmark) -> `SpeedOptions`."""
+    return SpeedOptions.from_switches(compile=args.compile, channels_last=args.channels_last,
+                                      cudnn_benchmark=args.cudnn_benchmark)
+
+
+def check_speed_switches(args: argparse.Namespace, device: torch.device | None) -> None:
+    """Refuse, before the input is read, a speed switch that cannot run on `device` (None: Ray
+    workers pick their own device, and check nothing here); warn about one that does not pay."""
+    if device is None:
+        return
+    if args.compile:
+        reason = compile_unavailable(device)
+        if reason is not None:
+            raise UpscaleInputError(f"--compile on {device}: {reason}; or run without --compile")
+    if args.channels_last and device.type != "cuda":
+        log.warning("--channels-last on %s: it runs, but is slower than the default layout off CUDA (it is "
+                    "meant for CUDA GPUs)", device)
 
 
 def load_models(args: argparse.Namespace, device: torch.device) -> tuple[UpscaleModels, LoadedDiT]:

@@ -27,17 +27,24 @@ one off, ``SpeedOptions()`` is the default):
 
 The VAE reads its options from ``vae.speed`` (a plain attribute, like ``NaDiT.attention``) at each
 call; `apply_speed` sets both models' options in one go.
+
+Users reach the switches through `SpeedOptions.from_switches` (the CLI's ``--compile``,
+``--channels-last``, ``--no-cudnn-benchmark``; the DiT loader node's ``torch_compile``): the one
+place that maps what a user turns on to the fields it sets, so a new fast path that belongs under
+an existing switch (e.g. compiling the VAE under ``compile``) is one line there.
+`compile_unavailable` says, before any model loads, why ``torch.compile`` cannot run on a device.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
-__all__ = ["SpeedOptions", "apply_speed", "vae_call_context", "set_conv_memory_format"]
+__all__ = ["SpeedOptions", "apply_speed", "compile_unavailable", "vae_call_context", "set_conv_memory_format"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,20 @@ class SpeedOptions:
     def eager(cls) -> SpeedOptions:
         """Every fast path off: the reference the fast paths are checked against."""
         return cls(cudnn_benchmark=False, channels_last=False, tile_batch=1, dit_compile=False)
+
+    @classmethod
+    def from_switches(cls, *, compile: bool = False, channels_last: bool = False,
+                      cudnn_benchmark: bool = True) -> SpeedOptions:
+        """What a user turns on -> the options (every other field at its default).
+
+        compile: ``torch.compile`` where it pays (the DiT's blocks). channels_last: the VAE's convs
+        channels-last-3d. cudnn_benchmark: cuDNN autotuning of the VAE's convs (on by default).
+        A switch that is not a bool is refused by its own name (the caller's option names it)."""
+        switches = {"compile": compile, "channels_last": channels_last, "cudnn_benchmark": cudnn_benchmark}
+        for name, value in switches.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"speed switch {name} must be True or False, got {value!r}")
+        return cls(cudnn_benchmark=cudnn_benchmark, channels_last=channels_last, dit_compile=compile)
 
 
 def set_conv_memory_format(module: nn.Module, channels_last: bool) -> None:
@@ -89,6 +110,35 @@ def vae_call_context(options: SpeedOptions, device: torch.device) -> Iterator[No
         yield
     finally:
         torch.backends.cudnn.benchmark = previous
+
+
+def compile_unavailable(device: torch.device | str) -> str | None:
+    """Why ``torch.compile`` (inductor) cannot run on ``device`` here, or None when it can.
+
+    Checked before a model loads, so a missing piece is one clear message instead of a compiler
+    traceback at the first forward: dynamo on this Python, Triton for CUDA, a C++ compiler for the
+    CPU (inductor builds its CPU kernels with it)."""
+    device = torch.device(device)
+    if not torch._dynamo.is_dynamo_supported():
+        return (f"torch.compile is not supported with torch {torch.__version__} on Python "
+                f"{sys.version_info.major}.{sys.version_info.minor} here")
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return ("torch.compile on CUDA needs Triton, which is not installed or does not work here "
+                    "(pip install triton; on Windows: pip install triton-windows)")
+    elif device.type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        except ImportError:
+            return None  # another torch layout: let inductor report for itself
+        except Exception as exc:  # noqa: BLE001 - inductor's own error type varies by version
+            return (f"torch.compile on the CPU needs a C++ compiler (g++ or clang++, or set CXX): "
+                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+    return None
 
 
 def apply_speed(options: SpeedOptions, *, vae: nn.Module | None = None, dit: nn.Module | None = None) -> None:

@@ -83,11 +83,11 @@ def test_cli_flags_reach_the_models_on_cuda(monkeypatch):
 
     def fake_dit(*args, **kw):
         seen["dit"] = kw
-        return SimpleNamespace(device=torch.device("cuda"))
+        return SimpleNamespace(module=None, device=torch.device("cuda"))
 
     def fake_vae(*args, **kw):
         seen["vae"] = kw
-        return SimpleNamespace(tiling=kw["tiling"])
+        return SimpleNamespace(module=None, tiling=kw["tiling"])
 
     monkeypatch.setattr(cli, "load_dit_model", fake_dit)
     monkeypatch.setattr(cli, "load_vae_model", fake_vae)

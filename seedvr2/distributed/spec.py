@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..pipeline import UpscaleModels, VAETiling
+from ..speed import SpeedOptions, apply_speed
 
 AUTO = "auto"
 
@@ -26,7 +27,8 @@ class ModelSpec:
         CUDA); it is applied on CUDA, and elsewhere only when it swaps something explicitly.
     vae_tiling: the VAE tiles and chunks ("auto" tile: planned per device).
     download: fetch missing known files into `models_dir`.
-    compile_dit: `torch.compile` each DiT block (`seedvr2.dit.model.compile_blocks`, CLI --compile).
+    speed: the fast paths (`seedvr2.speed.SpeedOptions`, the CLI's speed switches), applied to both
+        models once loaded (`seedvr2.speed.apply_speed`).
     """
 
     dit: str
@@ -37,7 +39,7 @@ class ModelSpec:
     block_swap: dict | None = None
     vae_tiling: VAETiling = field(default_factory=VAETiling)
     download: bool = True
-    compile_dit: bool = False
+    speed: SpeedOptions = field(default_factory=SpeedOptions)
 
     def load(self, device: torch.device | str, loaders: tuple | None = None) -> tuple[UpscaleModels, Any]:
         """Load and place both models for `device`; returns (UpscaleModels, the LoadedDiT).
@@ -57,10 +59,7 @@ class ModelSpec:
                              block_swap=swap, download=self.download)
         vae = load_vae_model(self.vae, self.models_dir, device=device, dtype=self.dtype, tiling=self.vae_tiling,
                              download=self.download)
-        if self.compile_dit:
-            from ..dit.model import compile_blocks
-
-            compile_blocks(dit.module, True)
+        apply_speed(self.speed, vae=vae.module, dit=dit.module)
         return upscale_models(dit, vae), dit
 
     def identity(self, device_type: str | None) -> dict:
