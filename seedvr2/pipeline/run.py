@@ -549,18 +549,26 @@ def _decode(run: _Run, vae: nn.Module, dtype: torch.dtype, batch: Batch, x0: tor
     decoded = run.fit.retry("decode", lambda: vae.decode(z, **run.vae_tiling.kwargs(), on_tile=run.on_tile))[0]
     # (3, T4, Hc, Wc)
     geo = run.geometry
-    hold = run.batches[batch.index + 1].overlap if batch.index + 1 < len(run.batches) else 0
     oh, ow = geo.output_hw
-    if oh * ow > POST_TILE_PIXELS:
-        pieces = [_post_process_bands(run, batch, decoded, frames, f, hold) for f in range(batch.length)]
-    else:
-        pieces = _post_process_chunks(run, batch, decoded, frames, hold)
+    pieces = _post_process(run, batch, decoded, frames)
     alpha = None
     if run.channels == 4:
         alpha = torch.cat([to_output(geo.reference(_read_frames(frames, a, b, run.device, channels=slice(3, 4))),
                                      run.output_dtype).cpu()
                            for a, b in _chunks(batch.length, max(oh * ow, geo.resized_hw[0] * geo.resized_hw[1]))])
     return BatchOutput(batch, pieces, alpha)
+
+
+def _post_process(run: _Run, batch: Batch, decoded: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
+    """The batch's decoded canvas (3, T4, Hc, Wc) -> its output pieces on the CPU (`BatchOutput.pieces`):
+    trimmed, checked finite, colour-corrected against the batch's input `frames` and converted.
+    Frames of up to POST_TILE_PIXELS output pixels go whole, a chunk of frames at a time; larger
+    ones one at a time in row bands (`bench/color_chunks.py` measures both)."""
+    hold = run.batches[batch.index + 1].overlap if batch.index + 1 < len(run.batches) else 0
+    oh, ow = run.geometry.output_hw
+    if oh * ow > POST_TILE_PIXELS:
+        return [_post_process_bands(run, batch, decoded, frames, f, hold) for f in range(batch.length)]
+    return _post_process_chunks(run, batch, decoded, frames, hold)
 
 
 def _post_process_chunks(run: _Run, batch: Batch, decoded: torch.Tensor, frames: torch.Tensor,
