@@ -137,7 +137,9 @@ def color_correct_bands(content: RowReader, reference: RowReader, height: int, m
       same inputs by the same operations as whole-frame. Sides on the frame's border use the real
       replicate padding. Equal to `color_correct` bit for bit on the CPU (the depthwise
       convolution computes each output from its own 9 taps in a fixed order whatever the tensor
-      size; `tests/test_color.py` asserts it), to float rounding elsewhere.
+      size; `tests/test_color.py` asserts it), to float rounding elsewhere. (Padding the interior
+      sides too and cropping the whole halo at the end would also be exact: a wrong padded row
+      reaches exactly 1 + 2 + 4 + 8 + 16 rows inwards; it computes those rows for nothing.)
     * adain/lab: two passes. The first accumulates each frame's per-channel mean and variance
       over the bands (each band's in float32, combined in float64 with Chan's pairwise update),
       the second applies the transfer per band. The statistics equal the whole-frame float32

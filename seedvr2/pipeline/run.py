@@ -188,7 +188,9 @@ def upscale(
     * Device: the weights of one model at a time (what its placement loads); the VAE's
       activations (bounded by tiling); without tiling, one batch's canvases (3*n*Hc*Wc*s bytes
       each); and float32 pre/post-processing temporaries of about CHUNK_PIXELS (8 Mpx) per
-      tensor, a few tensors at a time (the colour fix), i.e. a few hundred MB.
+      tensor, a few tensors at a time (the colour fix), i.e. a few hundred MB. A frame of more
+      than POST_TILE_PIXELS output pixels is colour-fixed and converted in row bands of that
+      size: its whole reference (12 B per output pixel) plus one band's temporaries.
     """
     source = as_source(frames)
     geometry = validate_source(source, settings)
