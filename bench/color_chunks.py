@@ -12,7 +12,7 @@ calls after the measured one, single-threaded by default (the unit suite's setti
 shared machine).
 
     python bench/color_chunks.py                       # 4K (whole either way) and 6K, wavelet
-    python bench/color_chunks.py --outputs 4320 --methods wavelet adain   # 8K: ~4 GB for "whole"
+    python bench/color_chunks.py --outputs 4320 --variants bands --methods wavelet adain  # 8K, bands only
     python bench/color_chunks.py --json out.json
 
 Also prints the planner's predicted decode peak for a 16K (15360x8640) image at 128-px VAE tiles.
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--outputs", type=int, nargs="+", default=[2160, 3240],
                         help="output short sides from a 1080p input (2160 = 4K, 3240 = 6K, 4320 = 8K)")
     parser.add_argument("--methods", nargs="+", default=["wavelet"], choices=["wavelet", "adain", "lab", "none"])
+    parser.add_argument("--variants", nargs="+", default=["whole", "bands"], choices=["whole", "bands"],
+                        help="'whole' of an 8K frame takes ~4 GB; '--outputs 4320 --variants bands' does not")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for output in args.outputs:
         for method in args.methods:
-            for variant in ("whole", "bands"):
+            for variant in args.variants:
                 cmd = [sys.executable, __file__, "--child", str(output), method, variant,
                        "--repeats", str(args.repeats), "--threads", str(args.threads)]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{r['output']:>10} {r['mpx']:6.1f} Mpx {method:8} {variant:6} "
                       f"{'(bands)' if r['banded'] else '(whole)':8} peak {r['peak_bytes'] / MIB:7.0f} MiB "
                       f"= {r['peak_bytes'] / r['frame_bytes']:4.2f} frames  {r['seconds']:6.2f} s", flush=True)
+            if len(args.variants) < 2:
+                continue
             whole, bands = rows[-2], rows[-1]
             same = "equal output" if whole["checksum"] == bands["checksum"] else \
                 f"checksums differ by {abs(whole['checksum'] - bands['checksum']):.3g}"
