@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from .dit.tiling import DiTTiles, plan_dit_tiles
-from .pipeline.run import CHUNK_PIXELS
+from .color import WAVELET_HALO
+from .pipeline.run import CHUNK_PIXELS, POST_TILE_PIXELS
 from .pipeline.settings import UpscaleSettings, check_settings
 from .preprocess import padded_frame_count, plan_geometry
 from .vae.model import DEFAULT_CHUNK_FRAMES, DEFAULT_TILE_OVERLAP
@@ -108,6 +109,12 @@ VAE_STATE_SHARE = {"encode": 0.5, "decode": 0.6}
 # input for the colour fix and runs it (wavelet: ~8 tensors at output size, counted from color.py).
 PRE_TENSORS = {"input": 1, "canvas": 3}
 POST_TENSORS = {"input": 1, "output": 10}
+# Frames of more than POST_TILE_PIXELS output pixels are post-processed one at a time in row bands
+# (run.py `_post_process_bands`): the input frame (1 tensor), its colour-fix reference kept whole (1
+# tensor at the resized size: the same resize as whole frames), and the POST_TENSORS["output"]
+# temporaries of one band of about POST_TILE_PIXELS (at least 1 + 2 x WAVELET_HALO rows), instead
+# of those of the whole frame. A 16K image: 15.0 -> 2.4 GiB of post-processing temporaries.
+POST_BAND_TENSORS = {"input": 1, "reference": 1}
 # cuBLAS/cuDNN workspaces and the allocator's rounding, per phase. First estimate pending GPU calibration.
 WORKSPACE_BYTES = 384 * MiB
 # Budget kept free (fragmentation, other processes' growth): 512 MiB + 3 % of the budget. With a
@@ -399,6 +406,10 @@ def _vae_peak(m: _ModelTerms, shape: _Shape, phase: str, tile: int | None, overl
     chunk = min(shape.frames, max(1, CHUNK_PIXELS // frame_px))
     if phase == "encode":
         temps = 12 * chunk * (PRE_TENSORS["input"] * shape.input_px + PRE_TENSORS["canvas"] * shape.canvas_px)
+    elif shape.output_px > POST_TILE_PIXELS:
+        band_px = max(POST_TILE_PIXELS, (1 + 2 * WAVELET_HALO) * shape.canvas[1])
+        temps = 12 * (POST_BAND_TENSORS["input"] * shape.input_px + POST_BAND_TENSORS["reference"] * shape.resized_px
+                      + POST_TENSORS["output"] * band_px)
     else:
         temps = 12 * chunk * (POST_TENSORS["input"] * shape.input_px + POST_TENSORS["output"] * shape.output_px)
     return m.vae_weight_bytes + WORKSPACE_BYTES + canvases + max(work, temps)

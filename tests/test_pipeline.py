@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seedvr2.batching import crossfade_weights
+from seedvr2.color import band_rows as color_rows, color_correct_bands
 from seedvr2.dit import load_dit
 from seedvr2.models import resolve_models
 from seedvr2.pipeline import (SeededNoise, TensorSink, UpscaleInputError, UpscaleModels, UpscaleSettings, VAETiling,
@@ -112,6 +113,36 @@ def test_every_colour_correction_runs(tiny, method):
     out = run(tiny, smooth_video(1, 4, 4), color_correction=method)
     assert out.shape == (1, 16, 16, 3) and torch.isfinite(out).all()
 
+
+
+@pytest.mark.parametrize("method", ["wavelet", "adain", "lab", "none"])
+def test_frames_post_processed_in_row_bands_equal_whole_frames(tiny, monkeypatch, method):
+    """A tiny POST_TILE_PIXELS sends every frame of the run (24x35 output, a padded canvas,
+    overlapping batches so some frames stay float32 for the crossfade) through the banded colour
+    fix and conversion (1-row bands for the wavelet, under its 31-row halo; 5 rows for the
+    others): the output equals the whole-frame run, bit for bit for wavelet (also as uint8) and
+    none, to float32 rounding of the statistics for adain and lab. (Multi-row bands of every
+    size: tests/test_color.py.)"""
+    budget = 200
+    import seedvr2.pipeline.run as run_module
+
+    frames = smooth_video(7, 9, 13)
+    settings = UpscaleSettings(resolution=24, batch_size=5, temporal_overlap=2, color_correction=method)
+    dtypes = (torch.float32, torch.uint8) if method == "wavelet" else (torch.float32,)
+    whole = {dt: upscale(frames, tiny, settings, output_dtype=dt) for dt in dtypes}
+    monkeypatch.setattr(run_module, "POST_TILE_PIXELS", budget)
+    calls = []
+    monkeypatch.setattr(run_module, "color_correct_bands", lambda *a: calls.append(a) or color_correct_bands(*a))
+    monkeypatch.setattr(run_module, "color_correct", None)  # the whole-frame path must not run
+    for dt in dtypes:
+        banded = upscale(frames, tiny, settings, output_dtype=dt)
+        assert banded.shape == (7, 24, 35, 3) and banded.dtype == dt
+        if method in ("wavelet", "none"):
+            assert torch.equal(banded, whole[dt])
+        else:
+            torch.testing.assert_close(banded, whole[dt], atol=1e-5 if method == "lab" else 1e-6, rtol=0)
+    assert len(calls) == 9 * len(dtypes)  # every frame of both batches (5 + 4 with the overlap) in bands
+    assert {c[4] for c in calls} == {color_rows(35, budget, method)}
 
 def test_tiled_vae_gives_the_same_layout(tiny):
     models = UpscaleModels(tiny.dit, tiny.vae, tiny.pos_emb, "cpu", vae_tiling=VAETiling(32, 8, 4))

@@ -254,3 +254,29 @@ def test_a_budget_under_the_models_own_floor_says_so_instead_of_blaming_the_batc
         assert f"at least {plan.min_vram_bytes / GiB:.1f} GiB of VRAM would fit" in plan.reason
     big = plan_memory(dit, vae, (81, 540, 960, 3), UpscaleSettings(resolution=1080, batch_size=81), 3 * GiB)
     assert "use a smaller batch_size or resolution" in big.reason, big.reason  # activations do dominate there
+
+
+def test_a_16k_image_is_post_processed_in_bands_so_its_decode_fits_a_small_card():
+    """15360x8640 from 1080p: the decode's colour fix and conversion run in row bands
+    (`run.POST_TILE_PIXELS`), so its temporaries are the input, the whole reference and one band,
+    not ~10 copies of the 132-Mpx frame (15.7 GiB before at 128-px tiles; 3.3 GiB now). The VAE's
+    own working set then decides the tile again, and 16K fits an 8 GiB budget."""
+    from seedvr2.pipeline.run import POST_TILE_PIXELS
+    from seedvr2.planner import POST_TENSORS, WORKSPACE_BYTES, _ModelTerms, _shape, _vae_peak
+
+    dit, vae = MODELS["3b fp16"]
+    terms = _ModelTerms.read(dit, vae, 2, "spread")
+    frames, settings = (1, 1080, 1920, 3), UpscaleSettings(resolution=8640, batch_size=1)
+    shape = _shape(frames, settings)
+    assert shape.output_px > 15 * POST_TILE_PIXELS
+    decode = _vae_peak(terms, shape, "decode", MIN_AUTO_TILE, 64)
+    temps = 12 * (shape.input_px + shape.resized_px + POST_TENSORS["output"] * POST_TILE_PIXELS)
+    assert decode == terms.vae_weight_bytes + WORKSPACE_BYTES + temps < 3.5 * GiB
+    plan = plan_memory(dit, vae, frames, settings, 8 * GiB)
+    assert plan.fits and plan.vae_tile_size > MIN_AUTO_TILE, plan.summary()
+    assert plan.min_vram_bytes < 7 * GiB
+    # a 4K output (8.3 Mpx, within one band) keeps the whole-frame term: 10 frame-sized tensors
+    four_k = _shape((1, 1080, 1920, 3), UpscaleSettings(resolution=2160, batch_size=1))
+    assert four_k.output_px <= POST_TILE_PIXELS
+    whole = 12 * (four_k.input_px + POST_TENSORS["output"] * four_k.output_px)
+    assert _vae_peak(terms, four_k, "decode", MIN_AUTO_TILE, 64) == terms.vae_weight_bytes + WORKSPACE_BYTES + whole

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..batching import Batch, plan_batches
-from ..color import color_correct
+from ..color import band_rows, color_correct, color_correct_bands
 from ..dit.tiling import run_dit
 from ..placement import ModulePlacement, Placement
 from ..preprocess import FrameGeometry, padded_frame_count, plan_geometry, to_model_range, to_unit_range
@@ -53,6 +53,11 @@ TIMESTEP = 1000.0      # one-step sampler: the trailing timestep at T
 # Frames per chunk in pre/post-processing: about one 4K frame of float32 per tensor, so the
 # resize and the colour fix (a few temporaries each) stay in the hundreds of MB on the device.
 CHUNK_PIXELS = 1 << 23
+# Output pixels a frame may have before the decode's post-processing (colour fix and conversion to
+# the output range and dtype) runs on it in row bands of about this many pixels (halo included,
+# `color.color_correct_bands`) instead of whole: device memory is then a band's temporaries plus
+# the frame's colour-fix reference, not ~10 frame-sized tensors. Frames up to 4K (8.3 Mpx) stay whole.
+POST_TILE_PIXELS = CHUNK_PIXELS
 # Host bytes a window's parked latents and lazily read input frames may take (see the module
 # docstring): a window covers as many batches as fit, at least one.
 WINDOW_BYTES = 1 << 30
@@ -183,7 +188,9 @@ def upscale(
     * Device: the weights of one model at a time (what its placement loads); the VAE's
       activations (bounded by tiling); without tiling, one batch's canvases (3*n*Hc*Wc*s bytes
       each); and float32 pre/post-processing temporaries of about CHUNK_PIXELS (8 Mpx) per
-      tensor, a few tensors at a time (the colour fix), i.e. a few hundred MB.
+      tensor, a few tensors at a time (the colour fix), i.e. a few hundred MB. A frame of more
+      than POST_TILE_PIXELS output pixels is colour-fixed and converted in row bands of that
+      size: its whole reference (12 B per output pixel) plus one band's temporaries.
     """
     source = as_source(frames)
     geometry = validate_source(source, settings)
@@ -544,7 +551,33 @@ def _decode(run: _Run, vae: nn.Module, dtype: torch.dtype, batch: Batch, x0: tor
     decoded = run.fit.retry("decode", lambda: vae.decode(z, **run.vae_tiling.kwargs(), on_tile=run.on_tile))[0]
     # (3, T4, Hc, Wc)
     geo = run.geometry
+    oh, ow = geo.output_hw
+    pieces = _post_process(run, batch, decoded, frames)
+    alpha = None
+    if run.channels == 4:
+        alpha = torch.cat([to_output(geo.reference(_read_frames(frames, a, b, run.device, channels=slice(3, 4))),
+                                     run.output_dtype).cpu()
+                           for a, b in _chunks(batch.length, max(oh * ow, geo.resized_hw[0] * geo.resized_hw[1]))])
+    return BatchOutput(batch, pieces, alpha)
+
+
+def _post_process(run: _Run, batch: Batch, decoded: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
+    """The batch's decoded canvas (3, T4, Hc, Wc) -> its output pieces on the CPU (`BatchOutput.pieces`):
+    trimmed, checked finite, colour-corrected against the batch's input `frames` and converted.
+    Frames of up to POST_TILE_PIXELS output pixels go whole, a chunk of frames at a time; larger
+    ones one at a time in row bands (`bench/color_chunks.py` measures both)."""
     hold = run.batches[batch.index + 1].overlap if batch.index + 1 < len(run.batches) else 0
+    oh, ow = run.geometry.output_hw
+    if oh * ow > POST_TILE_PIXELS:
+        return [_post_process_bands(run, batch, decoded, frames, f, hold) for f in range(batch.length)]
+    return _post_process_chunks(run, batch, decoded, frames, hold)
+
+
+def _post_process_chunks(run: _Run, batch: Batch, decoded: torch.Tensor, frames: torch.Tensor,
+                         hold: int) -> list[torch.Tensor]:
+    """The batch's decoded canvas (3, T4, Hc, Wc) -> its output pieces on the CPU: colour fix and
+    conversion of whole frames, a chunk of about CHUNK_PIXELS per tensor at a time."""
+    geo = run.geometry
     oh, ow = geo.output_hw
     pieces: list[torch.Tensor] = []
     for a, b in _chunks(batch.length, max(oh * ow, geo.resized_hw[0] * geo.resized_hw[1])):
@@ -556,9 +589,39 @@ def _decode(run: _Run, vae: nn.Module, dtype: torch.dtype, batch: Batch, x0: tor
         # frames a..b-1 of the batch: those before `overlap` or in the last `hold` may still be blended
         pieces += split_for_crossfade(to_unit_range(content), batch.overlap - a, hold - (batch.length - b),
                                       run.output_dtype)
-    alpha = None
-    if run.channels == 4:
-        alpha = torch.cat([to_output(geo.reference(_read_frames(frames, a, b, run.device, channels=slice(3, 4))),
-                                     run.output_dtype).cpu()
-                           for a, b in _chunks(batch.length, max(oh * ow, geo.resized_hw[0] * geo.resized_hw[1]))])
-    return BatchOutput(batch, pieces, alpha)
+    return pieces
+
+
+def _post_process_bands(run: _Run, batch: Batch, decoded: torch.Tensor, frames: torch.Tensor, f: int,
+                        hold: int) -> torch.Tensor:
+    """Frame `f` of the batch's decoded canvas (3, T4, Hc, Wc) -> its output piece (1, 3, oh, ow)
+    on the CPU, colour-corrected and converted in row bands of about `POST_TILE_PIXELS` pixels.
+
+    Equal to the whole-frame post-processing (`color.color_correct_bands` says how exactly). On
+    the device at a time: the colour-fix reference, whole (the same `geo.reference` resize as
+    whole frames: a band-wise bicubic resize would weigh input pixels by their position in the
+    band, not the frame, and change the output; it is one float32 tensor, 12 B per pixel), and
+    one band's content, corrections and conversion, each at most about POST_TILE_PIXELS.
+    """
+    geo, method = run.geometry, run.settings.color_correction
+    oh, ow = geo.output_hw
+
+    def content(start: int, stop: int) -> torch.Tensor:
+        rows = decoded[:, f:f + 1, start:stop, :ow].permute(1, 0, 2, 3).to(run.device, torch.float32)
+        _check_finite(rows, "the VAE decode", batch, _VAE_CAUSE)
+        return rows
+
+    reference = None
+    if method != "none":
+        reference = geo.reference(_read_frames(frames, f, f + 1, run.device))
+        reference.mul_(2.0).sub_(1.0)  # `to_model_range` in place: the same values, one tensor fewer
+    out = None
+    for a, b, rows in color_correct_bands(content, lambda a, b: reference[..., a:b, :], oh, method,
+                                          band_rows(ow, POST_TILE_PIXELS, method)):
+        # the frame may still be blended when it is among the batch's first `overlap` or last `hold`
+        piece, = split_for_crossfade(to_unit_range(rows), batch.overlap - f, hold - (batch.length - f - 1),
+                                     run.output_dtype)
+        if out is None:
+            out = torch.empty((1, 3, oh, ow), dtype=piece.dtype)
+        out[..., a:b, :] = piece
+    return out
