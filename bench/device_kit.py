@@ -55,6 +55,11 @@ class Package:
     version: str
     why: str
     pure: bool = False  # take the py3-none-any wheel (no compiled kernels)
+    dependency_of: str | None = None  # imported by that package, not by ComfyUI itself
+
+    @property
+    def module(self) -> str:
+        return self.name.replace("-", "_")
 
 
 # The import chain each one answers (ComfyUI 0.33.0 imports them at module level). Versions: those of
@@ -64,11 +69,25 @@ PACKAGES = (
     Package("comfy-kitchen", "0.2.31", "comfy.ldm.modules.attention; only its fp8/int8 kernels are compiled, "
             "unused with bf16 weights and default (pytorch) attention", pure=True),
     Package("torchsde", "0.2.6", "nodes -> comfy.samplers -> k_diffusion.sampling"),
-    Package("trampoline", "0.1.2", "torchsde"),
+    Package("trampoline", "0.1.2", "torchsde", dependency_of="torchsde"),
     Package("av", "18.1.0", "comfy_extras.nodes_seedvr -> comfy_api.latest (video types)"),
     Package("kornia", "0.9.0", "comfy_extras.nodes_post_processing (native's colour correction)"),
-    Package("kornia-rs", "0.2.0", "kornia (kornia.io, imported by `import kornia`)"),
+    Package("kornia-rs", "0.2.0", "kornia (kornia.io, imported by `import kornia`)", dependency_of="kornia"),
 )
+
+# What `bench/e2e_native.py` imports from ComfyUI (`import_comfy`, `load_native`, `run_native`, `check_layout`).
+NATIVE_ENTRY = ("comfy.cli_args", "comfy.model_management", "comfy.model_detection", "comfy.ops", "comfy.sd",
+                "comfy.ldm.seedvr.model", "comfy.ldm.seedvr.vae", "nodes", "comfy_extras.nodes_post_processing",
+                "comfy_extras.nodes_seedvr")
+
+# Top-level modules the device's Python 3.12 already has (KINDS.md's package list, those ComfyUI touches).
+DEVICE_MODULES = frozenset({
+    "torch", "torchvision", "torchaudio", "numpy", "einops", "transformers", "tokenizers", "sentencepiece",
+    "safetensors", "PIL", "scipy", "yaml", "psutil", "aiohttp", "yarl", "requests", "tqdm", "filelock",
+    "packaging", "typing_extensions", "jinja2", "huggingface_hub", "regex", "sympy", "numba", "cv2", "safetensors",
+    "triton", "tifffile", "imageio", "matplotlib", "pandas", "networkx", "fsspec", "attrs", "multidict", "mpmath",
+    "einops", "skimage", "sklearn", "urllib3", "certifi", "idna", "pytest", "setuptools", "msgpack", "xxhash",
+})
 
 # Never imported by the in-process native run (tests, workflow blueprints, CI and repo files).
 TRIM = ("tests/", "tests-unit/", "blueprints/", ".github/", ".ci/", ".gitattributes", ".gitignore")
@@ -86,7 +105,7 @@ def pip(*args: str) -> None:
 def download(pkg: Package, dest: Path) -> Path:
     """The device's wheel of `pkg` (cp312 manylinux x86-64, or py3-none-any for pure ones), cached."""
     dest.mkdir(parents=True, exist_ok=True)
-    stem = pkg.name.replace("-", "_")
+    stem = pkg.module
     found = sorted(p for p in dest.glob(f"{stem}-{pkg.version}-*.whl") if is_device_wheel(p.name, pkg))
     if not found:
         platform = ["--platform", "any", "--implementation", "py"] if pkg.pure else \
@@ -149,6 +168,71 @@ def write_tree(tarball: Path, out: Path) -> tuple[int, int]:
     return kept, trimmed
 
 
+def native_imports(tarball: Path) -> set[str]:
+    """The third-party top-level modules that importing NATIVE_ENTRY from ComfyUI's source imports
+    unconditionally: module-level imports, followed through the tree's own modules and their
+    packages' __init__. Imports inside functions, `try` or `if` blocks are left out: ComfyUI guards
+    its optional ones that way (`if TYPE_CHECKING`, `if args.directml`, `try: import xformers`), and
+    the bench sets none of those options."""
+    sources: dict[str, str] = {}
+    with tarfile.open(tarball) as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".py") and member.name.startswith("comfyui/"):
+                rel = member.name[len("comfyui/"):-3].split("/")
+                name = ".".join(rel[:-1] if rel[-1] == "__init__" else rel)
+                sources[name] = tar.extractfile(member).read().decode("utf-8", "replace")
+    is_package = {".".join(n.split(".")[:i]) for n in sources for i in range(1, n.count(".") + 1)}
+    local_roots = {n.split(".")[0] for n in sources}  # `comfy` is a namespace package (no __init__)
+    external: set[str] = set()
+    seen: set[str] = set()
+    todo = list(NATIVE_ENTRY)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in sources]
+        for target in _module_level_imports(sources[name], name, name in is_package):
+            pieces = target.split(".")
+            local = [".".join(pieces[:i]) for i in range(len(pieces), 0, -1) if ".".join(pieces[:i]) in sources]
+            if local:
+                todo.append(local[0])
+            elif pieces[0] not in sys.stdlib_module_names and pieces[0] not in local_roots:
+                external.add(pieces[0])
+    return external
+
+
+def _module_level_imports(source: str, module: str, package: bool) -> list[str]:
+    """Targets of the import statements at column 0 (module level, outside any block), parsed alone:
+    parsing whole modules costs ~10 ms each."""
+    import ast
+
+    found: list[str] = []
+    base = module.split(".") if package else module.split(".")[:-1]
+    lines = source.splitlines()
+    for i, line in enumerate(lines):
+        if not line.startswith(("import ", "from ")):
+            continue
+        statement = line
+        while (statement.count("(") > statement.count(")") or statement.endswith("\\")) and i + 1 < len(lines):
+            i += 1
+            statement += "\n" + lines[i]
+        try:
+            tree = ast.parse(statement)
+        except SyntaxError:  # a docstring's line that reads like an import
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                found.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                root = ".".join(base[:len(base) - node.level + 1]) if node.level else ""
+                mod = ".".join(p for p in (root, node.module or "") if p)
+                found.append(mod)
+                found.extend(f"{mod}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
+    return found
+
+
 def travelling_tree_bytes() -> int:
     """What the device tool sends besides carried paths: tracked and untracked-not-ignored files."""
     names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
@@ -160,9 +244,10 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def install_py311(wheel_dir: Path, site: Path) -> None:
-    """This Python's wheels of the same PACKAGES into `site` (a local stand-in for the device's /tmp/site)."""
-    specs = [f"{p.name}=={p.version}" for p in PACKAGES]
+def install_py311(wheels: list[Path], site: Path) -> None:
+    """This Python's wheels of the same PACKAGES into `site` (a local stand-in for the device's /tmp/site):
+    the same versions, and for pure ones the very wheel the kit carries."""
+    specs = [str(w) if p.pure else f"{p.name}=={p.version}" for p, w in zip(PACKAGES, wheels)]
     pip("install", "-q", "--no-deps", "--only-binary=:all:", "--upgrade", "--target", str(site), *specs)
 
 
@@ -175,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tarball.is_file():
         raise SystemExit(f"--tarball {args.tarball}: not found (ComfyUI 0.33.0's source; /work/shared/hosts/)")
 
+    missing = native_imports(args.tarball) - DEVICE_MODULES - {p.module for p in PACKAGES}
+    if missing:
+        raise SystemExit(f"ComfyUI's modules that e2e_native loads import {sorted(missing)}, which neither the device "
+                         "nor PACKAGES has: add them to PACKAGES")
     wheels = [download(p, CACHE) for p in PACKAGES]
     tmp = args.kit.with_name(args.kit.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -204,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kit {kit_bytes / MiB:.2f} MiB + working tree {tree_bytes / MiB:.2f} MiB = "
           f"{(kit_bytes + tree_bytes) / MiB:.2f} MiB of the device tool's {LIMIT / MiB:.0f} MiB")
     if args.py311_site is not None:
-        install_py311(CACHE, args.py311_site)
+        install_py311(wheels, args.py311_site)
     if kit_bytes + tree_bytes > LIMIT:
         print(f"TOO LARGE by {(kit_bytes + tree_bytes - LIMIT) / MiB:.2f} MiB: the device tool refuses the call",
               file=sys.stderr)

@@ -1,29 +1,57 @@
 #!/usr/bin/env bash
 # The one command a GPU device session runs, from the repo root, with `.devkit` carried
-# (built here by `python bench/device_kit.py`; see README, "GPU checks"):
+# (built here by `python bench/device_kit.py`; see README, "GPU checks on a bare device machine"):
 #
-#   bash bench/device_run.sh                      # every check of bench/gpu_check.py (~12 min on an H200)
+#   bash bench/device_run.sh                      # every check of bench/gpu_check.py (~11 min on an H200)
 #   bash bench/device_run.sh --only e2e e2e-native   # any gpu_check.py options pass through
+#   bash bench/device_run.sh --collect            # the next call, if the last one ran out of time
 #   bash bench/device_run.sh --native-smoke       # instead: bench/e2e_native.py on the `small` case
-#                                                 # (ours vs native; minutes on a CPU, seconds on a GPU)
 #
 # It unpacks the kit into $SEEDVR2_DEVKIT_WORK (/tmp/seedvr2-devkit): the wheels installed with
 # `pip install --no-index --no-deps --target site`, ComfyUI 0.33.0's source as comfyui/; exports
 # PYTHONPATH, SEEDVR2_COMFYUI_DIR, SEEDVR2_COMFYUI_PYTHON and PYTHONUNBUFFERED=1; checks that the
-# native run's imports resolve (logged; a failure there shows up as check e2e-native's FAIL); runs
-# gpu_check.py --json $OUT/gpu.json and tees everything into $OUT/device_run.log. $OUT unset:
-# ./device-out. Exit status: gpu_check's (or e2e_native's). Without the kit it still runs
-# gpu_check, whose e2e-native check then SKIPs with the reason.
+# native run's imports resolve (logged; a failure there shows up as check e2e-native's FAIL).
+# gpu_check.py runs in its own session (setsid), so that it survives the end of a device call
+# (one call may run 10 minutes, the whole set takes longer): this script follows its output for up
+# to $SEEDVR2_DEVICE_WAIT seconds (default 560 in all), then copies gpu_check.log and gpu.json into
+# $OUT (./device-out when unset) and exits with gpu_check's status, or 3 if it is still running:
+# then call `bash bench/device_run.sh --collect` at once (a device machine stays warm 30 s), which
+# waits for it again and copies the results. Its own log: $OUT/device_run.log. Without the kit it
+# still runs gpu_check, whose e2e-native check then SKIPs with the reason.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/device-out}
 KIT=${SEEDVR2_DEVKIT:-$PWD/.devkit}
 WORK=${SEEDVR2_DEVKIT_WORK:-/tmp/seedvr2-devkit}
+case $WORK in /*/?*) ;; *) echo "device_run: SEEDVR2_DEVKIT_WORK=$WORK: want an absolute folder below /x/ (it is wiped)" >&2; exit 2;; esac
 PY=$(command -v "${PYTHON:-python3}") || { echo "device_run: no ${PYTHON:-python3}" >&2; exit 2; }
 mkdir -p "$OUT" || exit 2
 LOG=$OUT/device_run.log
 exec > >(tee "$LOG") 2>&1
 export PYTHONUNBUFFERED=1
+
+# Follow the detached gpu_check (pid in $RUN/pid) until it ends or the wait runs out; copy its results.
+collect() {
+    local pid deadline=$(( ${SEEDVR2_DEVICE_WAIT:-560} ))
+    pid=$(cat "$RUN/pid" 2>/dev/null) || { echo "device_run: no gpu_check started in $RUN" >&2; exit 2; }
+    tail -n +1 -F --pid="$pid" "$RUN/gpu_check.log" 2>/dev/null &
+    local follower=$!
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 2; done
+    kill "$follower" 2>/dev/null; wait "$follower" 2>/dev/null
+    cp -f "$RUN/gpu_check.log" "$OUT/" 2>/dev/null; cp -f "$RUN/gpu.json" "$OUT/" 2>/dev/null
+    if [ -f "$RUN/rc" ]; then
+        status=$(cat "$RUN/rc")
+        echo "device_run: gpu_check exit $status at $(date -u +%FT%TZ)"
+        exit "$status"
+    fi
+    echo "device_run: gpu_check (pid $pid) is still running after ${SECONDS}s: call \`bash bench/device_run.sh --collect\` now"
+    exit 3
+}
+RUN=$WORK/run
+if [ "${1:-}" = "--collect" ]; then
+    echo "device_run --collect: $(date -u +%FT%TZ)"
+    collect
+fi
 
 echo "device_run: $(date -u +%FT%TZ) $(uname -m) $("$PY" -V 2>&1) at $PY; OUT=$OUT"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -32,10 +60,15 @@ if [ -f "$KIT/wheels.tar.xz" ] && [ -f "$KIT/comfyui-0.33.0.tar.xz" ]; then
     rm -rf "$WORK" && mkdir -p "$WORK/site" || exit 2
     t0=$SECONDS
     tar -xJf "$KIT/wheels.tar.xz" -C "$WORK" && tar -xJf "$KIT/comfyui-0.33.0.tar.xz" -C "$WORK" \
-        && "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" \
-            "$WORK"/wheels/*.whl \
         || { echo "device_run: unpacking the kit failed" >&2; exit 2; }
-    export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+    if [ -n "${SEEDVR2_DEVKIT_SITE:-}" ]; then  # a local stand-in: the same packages for another Python
+        SITE=$SEEDVR2_DEVKIT_SITE
+    else
+        SITE=$WORK/site
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
+            "$WORK"/wheels/*.whl || { echo "device_run: installing the kit's wheels failed" >&2; exit 2; }
+    fi
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
     export SEEDVR2_COMFYUI_DIR="$WORK/comfyui" SEEDVR2_COMFYUI_PYTHON="$PY"
     echo "device_run: kit unpacked in $((SECONDS - t0)) s: $(ls "$WORK/wheels" | tr '\n' ' ')"
     "$PY" - <<'EOF' || echo "device_run: WARNING: the native run's imports do not resolve (check e2e-native will fail)"
@@ -61,9 +94,14 @@ if [ "${1:-}" = "--native-smoke" ]; then
     "$PY" bench/e2e_native.py --comfyui "${SEEDVR2_COMFYUI_DIR:?no kit: --native-smoke needs .devkit}" \
         --case small --budgets resident --json "$OUT/native_small.json" "$@"
     status=$?
-else
-    "$PY" bench/gpu_check.py --json "$OUT/gpu.json" "$@"
-    status=$?
+    echo "device_run: exit $status at $(date -u +%FT%TZ)"
+    exit $status
 fi
-echo "device_run: exit $status at $(date -u +%FT%TZ)"
-exit $status
+
+RUN=$WORK/run
+mkdir -p "$RUN" && rm -f "$RUN"/{pid,rc,gpu.json,gpu_check.log} || exit 2
+setsid bash -c '"$@"; echo $? > "'"$RUN"'/rc"' gpu_check "$PY" bench/gpu_check.py --json "$RUN/gpu.json" "$@" \
+    > "$RUN/gpu_check.log" 2>&1 < /dev/null &
+echo $! > "$RUN/pid"
+echo "device_run: gpu_check started (pid $(cat "$RUN/pid")): $PY bench/gpu_check.py $*"
+collect
