@@ -26,8 +26,6 @@ WORK=${SEEDVR2_DEVKIT_WORK:-/tmp/seedvr2-devkit}
 case $WORK in /*/?*) ;; *) echo "device_run: SEEDVR2_DEVKIT_WORK=$WORK: want an absolute folder below /x/ (it is wiped)" >&2; exit 2;; esac
 PY=$(command -v "${PYTHON:-python3}") || { echo "device_run: no ${PYTHON:-python3}" >&2; exit 2; }
 mkdir -p "$OUT" || exit 2
-LOG=$OUT/device_run.log
-exec > >(tee "$LOG") 2>&1
 export PYTHONUNBUFFERED=1
 
 # Follow the detached gpu_check (pid in $RUN/pid) until it ends or the wait runs out; copy its results.
@@ -48,6 +46,8 @@ collect() {
     exit 3
 }
 RUN=$WORK/run
+
+main() {
 if [ "${1:-}" = "--collect" ]; then
     echo "device_run --collect: $(date -u +%FT%TZ)"
     collect
@@ -98,10 +98,13 @@ if [ "${1:-}" = "--native-smoke" ]; then
     exit $status
 fi
 
-RUN=$WORK/run
 mkdir -p "$RUN" && rm -f "$RUN"/{pid,rc,gpu.json,gpu_check.log} || exit 2
 setsid bash -c '"$@"; echo $? > "'"$RUN"'/rc"' gpu_check "$PY" bench/gpu_check.py --json "$RUN/gpu.json" "$@" \
     > "$RUN/gpu_check.log" 2>&1 < /dev/null &
 echo $! > "$RUN/pid"
 echo "device_run: gpu_check started (pid $(cat "$RUN/pid")): $PY bench/gpu_check.py $*"
 collect
+}
+
+main "$@" 2>&1 | tee "$OUT/device_run.log"
+exit "${PIPESTATUS[0]}"
