@@ -11,7 +11,8 @@ transformers 5.17, numpy, scipy, pillow, aiohttp, yarl, safetensors, einops, pyt
 neither ComfyUI nor some of the packages its modules import at import time. The kit holds:
 
   comfyui-0.33.0.tar.xz  ComfyUI 0.33.0's source from ../shared/hosts/comfyui-0.33.0.tar.gz, less
-                         its tests, blueprints and CI files (`TRIM`), which nothing imports.
+                         its tests, blueprints, API nodes and CI files (`TRIM`) and its tokenizer
+                         vocabularies (`TRIM_DATA`), which the native run never reads.
   wheels.tar.xz          the cp312 manylinux x86-64 (or pure-Python) wheels of `PACKAGES`: exactly
                          the packages that `bench/e2e_native.py`'s imports of ComfyUI need and the
                          device lacks, found by running it on the `small` case in a Python holding
@@ -89,8 +90,12 @@ DEVICE_MODULES = frozenset({
     "einops", "skimage", "sklearn", "urllib3", "certifi", "idna", "pytest", "setuptools", "msgpack", "xxhash",
 })
 
-# Never imported by the in-process native run (tests, workflow blueprints, CI and repo files).
-TRIM = ("tests/", "tests-unit/", "blueprints/", ".github/", ".ci/", ".gitattributes", ".gitignore")
+# Never imported by the in-process native run (tests, workflow blueprints, API nodes, CI and repo files).
+TRIM = ("tests/", "tests-unit/", "blueprints/", "comfy_api_nodes/", ".github/", ".ci/", ".gitattributes", ".gitignore",
+        "openapi.yaml")
+# Folders whose data files (tokenizer vocabularies, read when a text encoder loads) the native run never
+# reads: native SeedVR2 keeps its text conditioning inside the DiT checkpoint. Their modules stay.
+TRIM_DATA = ("comfy/text_encoders/", "comfy/sd1_tokenizer/")
 
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux_2_12_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64")
@@ -144,9 +149,18 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_wheels(wheels: list[Path], out: Path) -> None:
-    with tarfile.open(out, "w:xz", preset=9) as tar:
-        for wheel in wheels:
-            add_bytes(tar, f"wheels/{wheel.name}", stored_copy(wheel))
+    """wheels/NAME.whl for each wheel, stored, in one tar.xz; cached in CACHE by the wheels' names and
+    hashes (xz -9 of ~130 MB takes minutes)."""
+    key = hashlib.sha256("".join(f"{w.name}:{sha256(w)}" for w in wheels).encode()).hexdigest()[:16]
+    cached = CACHE / f"wheels-{key}.tar.xz"
+    if not cached.is_file():
+        print("writing wheels.tar.xz (xz -9 of the raw wheels: a few minutes) ...", flush=True)
+        part = cached.with_suffix(".part")
+        with tarfile.open(part, "w:xz", preset=9) as tar:
+            for wheel in wheels:
+                add_bytes(tar, f"wheels/{wheel.name}", stored_copy(wheel))
+        part.rename(cached)
+    shutil.copyfile(cached, out)
 
 
 def write_tree(tarball: Path, out: Path) -> tuple[int, int]:
@@ -158,7 +172,8 @@ def write_tree(tarball: Path, out: Path) -> tuple[int, int]:
             if parts[0] != "comfyui" or member.issym() or member.islnk() or ".." in Path(member.name).parts:
                 raise SystemExit(f"{tarball}: unexpected member {member.name!r} (want a plain comfyui/ tree)")
             rel = parts[1] if len(parts) > 1 else ""
-            if any(rel == t.rstrip("/") or rel.startswith(t) for t in TRIM):
+            if any(rel == t.rstrip("/") or rel.startswith(t) for t in TRIM) or \
+                    (member.isfile() and not rel.endswith(".py") and rel.startswith(TRIM_DATA)):
                 trimmed += member.isfile()
                 continue
             dst.addfile(member, src.extractfile(member) if member.isfile() else None)
@@ -270,10 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp.mkdir(parents=True)
     print("writing comfyui-0.33.0.tar.xz ...", flush=True)
     kept, trimmed = write_tree(args.tarball, tmp / "comfyui-0.33.0.tar.xz")
-    print("writing wheels.tar.xz (xz -9 of the raw wheels: a minute or two) ...", flush=True)
     write_wheels(wheels, tmp / "wheels.tar.xz")
     manifest = {
-        "comfyui": {"source": args.tarball.name, "files": kept, "trimmed_files": trimmed, "trim": list(TRIM),
+        "comfyui": {"source": args.tarball.name, "files": kept, "trimmed_files": trimmed, "trim": list(TRIM), "trim_data_files_under": list(TRIM_DATA),
                     "sha256": sha256(tmp / "comfyui-0.33.0.tar.xz")},
         "packages": [{"name": p.name, "version": p.version, "wheel": w.name, "wheel_bytes": w.stat().st_size,
                       "why": p.why} for p, w in zip(PACKAGES, wheels)],
