@@ -59,7 +59,10 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 if [ -f "$KIT/wheels.tar.xz" ] && [ -f "$KIT/comfyui-0.33.0.tar.xz" ]; then
     rm -rf "$WORK" && mkdir -p "$WORK/site" || exit 2
     t0=$SECONDS
-    tar -xJf "$KIT/wheels.tar.xz" -C "$WORK" && tar -xJf "$KIT/comfyui-0.33.0.tar.xz" -C "$WORK" \
+    "$PY" -c 'import sys, tarfile
+for archive in sys.argv[2:]:
+    with tarfile.open(archive) as tar:  # Python, not tar -J: no xz binary needed; "data": no links out, no ..
+        tar.extractall(sys.argv[1], filter="data")' "$WORK" "$KIT/wheels.tar.xz" "$KIT/comfyui-0.33.0.tar.xz" \
         || { echo "device_run: unpacking the kit failed" >&2; exit 2; }
     if [ -n "${SEEDVR2_DEVKIT_SITE:-}" ]; then  # a local stand-in: the same packages for another Python
         SITE=$SEEDVR2_DEVKIT_SITE
