@@ -287,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     kept, trimmed = write_tree(args.tarball, tmp / "comfyui-0.33.0.tar.xz")
     write_wheels(wheels, tmp / "wheels.tar.xz")
     manifest = {
-        "comfyui": {"source": args.tarball.name, "files": kept, "trimmed_files": trimmed, "trim": list(TRIM), "trim_data_files_under": list(TRIM_DATA),
-                    "sha256": sha256(tmp / "comfyui-0.33.0.tar.xz")},
+        "comfyui": {"source": args.tarball.name, "files": kept, "trimmed_files": trimmed, "trim": list(TRIM),
+                    "trim_data_files_under": list(TRIM_DATA), "sha256": sha256(tmp / "comfyui-0.33.0.tar.xz")},
         "packages": [{"name": p.name, "version": p.version, "wheel": w.name, "wheel_bytes": w.stat().st_size,
                       "why": p.why} for p, w in zip(PACKAGES, wheels)],
         "wheels_sha256": sha256(tmp / "wheels.tar.xz"),

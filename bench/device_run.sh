@@ -23,7 +23,10 @@ cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/device-out}
 KIT=${SEEDVR2_DEVKIT:-$PWD/.devkit}
 WORK=${SEEDVR2_DEVKIT_WORK:-/tmp/seedvr2-devkit}
-case $WORK in /*/?*) ;; *) echo "device_run: SEEDVR2_DEVKIT_WORK=$WORK: want an absolute folder below /x/ (it is wiped)" >&2; exit 2;; esac
+case $WORK in  # it is wiped: an absolute folder at least two levels down
+    /*/?*) ;;
+    *) echo "device_run: SEEDVR2_DEVKIT_WORK=$WORK: want an absolute folder below /x/ (it is wiped)" >&2; exit 2;;
+esac
 PY=$(command -v "${PYTHON:-python3}") || { echo "device_run: no ${PYTHON:-python3}" >&2; exit 2; }
 mkdir -p "$OUT" || exit 2
 export PYTHONUNBUFFERED=1
@@ -42,7 +45,8 @@ collect() {
         echo "device_run: gpu_check exit $status at $(date -u +%FT%TZ)"
         exit "$status"
     fi
-    echo "device_run: gpu_check (pid $pid) is still running after ${SECONDS}s: call \`bash bench/device_run.sh --collect\` now"
+    echo "device_run: gpu_check (pid $pid) is still running after ${SECONDS}s:" \
+        "call \`bash bench/device_run.sh --collect\` now"
     exit 3
 }
 RUN=$WORK/run
