@@ -40,7 +40,8 @@ Checks (each one PASS/FAIL with its figures; one summary table at the end; exit 
   i. e2e-native   `bench/e2e_native.py` on the same cut paper case, resident: ours vs ComfyUI 0.33.0's
                   native SeedVR2 (per-phase ratio, peak VRAM). Needs a ComfyUI 0.33.0 tree and a Python
                   that imports it (SEEDVR2_COMFYUI_DIR + SEEDVR2_COMFYUI_PYTHON, or the acceptance
-                  suite's cached set-up); SKIP with the reason otherwise. Not in --quick.
+                  suite's cached set-up; on a bare device machine `bench/device_run.sh` sets both from
+                  the kit `bench/device_kit.py` builds); SKIP with the reason otherwise. Not in --quick.
 
 Without CUDA it says so and exits 0 (JSON: {"skipped": reason}). Nothing here runs at import.
 """
