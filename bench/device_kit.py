@@ -20,6 +20,9 @@ neither ComfyUI nor some of the packages its modules import at import time. The 
                          uncompressed so that xz sees their raw bytes: PyAV's 35 MB wheel travels as
                          about 24 MB. Their RECORD hashes cover file contents, not the zip, so pip
                          installs them unchanged.
+  baseline/              `seedvr2/` and `blockswap/` of `bench/e2e.py`'s BASELINE_REV (main before the
+                         speed work; `git archive`), for gpu_check's e2e-baseline check: the device
+                         gets the working tree without its git history.
   MANIFEST.json          package versions, wheel names and sha256 of the archives.
 
 Invariants: one version per package (pip --no-deps installs them side by side); nothing in
@@ -248,6 +251,22 @@ def _module_level_imports(source: str, module: str, package: bool) -> list[str]:
     return found
 
 
+def write_baseline(out: Path) -> str:
+    """`git archive` of e2e.BASELINE_REV's seedvr2/ and blockswap/ into `out`; returns the revision."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from e2e import BASELINE_REV  # noqa: PLC0415  (imports torch: only when building)
+
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", BASELINE_REV, "seedvr2", "blockswap"],
+                             capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {BASELINE_REV}: {archive.stderr.decode(errors='replace').strip()} "
+                         "(the kit's baseline needs this repo's git history)")
+    out.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(out, filter="data")
+    return BASELINE_REV
+
+
 def travelling_tree_bytes() -> int:
     """What the device tool sends besides carried paths: tracked and untracked-not-ignored files."""
     names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
@@ -286,12 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     print("writing comfyui-0.33.0.tar.xz ...", flush=True)
     kept, trimmed = write_tree(args.tarball, tmp / "comfyui-0.33.0.tar.xz")
     write_wheels(wheels, tmp / "wheels.tar.xz")
+    baseline_rev = write_baseline(tmp / "baseline")
     manifest = {
         "comfyui": {"source": args.tarball.name, "files": kept, "trimmed_files": trimmed, "trim": list(TRIM),
                     "trim_data_files_under": list(TRIM_DATA), "sha256": sha256(tmp / "comfyui-0.33.0.tar.xz")},
         "packages": [{"name": p.name, "version": p.version, "wheel": w.name, "wheel_bytes": w.stat().st_size,
                       "why": p.why} for p, w in zip(PACKAGES, wheels)],
         "wheels_sha256": sha256(tmp / "wheels.tar.xz"),
+        "baseline": {"revision": baseline_rev, "packages": ["seedvr2", "blockswap"]},
         "device_python": "3.12 (torch 2.11, torchvision 0.26, transformers 5.17 already there)",
     }
     (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -82,6 +82,7 @@ for _path in (ROOT, BENCH, ROOT / "tests"):  # the repo's packages, sibling benc
 # `--baseline DIR` re-runs this script with this variable set: `seedvr2` and `blockswap` are then
 # imported from DIR (an earlier revision), everything else (benches, tiny configs) from this tree.
 BASELINE_ENV = "SEEDVR2_E2E_BASELINE"
+BASELINE_REV = "27be229"  # main before the end-to-end speed work: the "current main" (--baseline)
 if os.environ.get(BASELINE_ENV):
     sys.path.insert(0, os.environ[BASELINE_ENV])
 

@@ -34,7 +34,7 @@ Checks (each one PASS/FAIL with its figures; one summary table at the end; exit 
                   at 24 GB: max |diff| <= E2E_CHECK_TOLERANCE); outputs finite. --quick: 24 GB only,
                   no check. The whole table (100 frames, 7B 1080p) is one command, see README.
   h. e2e-baseline the cut paper case streamed to fit 24 GB, ours and then this project's main before the
-                  speed work (`bench/e2e.py --baseline`, revision E2E_BASELINE_REV from $SEEDVR2_BASELINE_TREE,
+                  speed work (`bench/e2e.py --baseline`, revision `e2e.BASELINE_REV` from $SEEDVR2_BASELINE_TREE,
                   the device kit or git): outputs within E2E_CHECK_TOLERANCE; baseline/ours per phase,
                   reported against the issue's 2x goal. Not in --quick.
   i. e2e-native   `bench/e2e_native.py` on the same cut paper case, resident: ours vs ComfyUI 0.33.0's
@@ -499,7 +499,6 @@ def check_e2e(device: torch.device, case_name: str, frames: int | None, budgets:
     return f"{case.name} case, {case.frames} frames: " + "; ".join(rows), figures
 
 
-E2E_BASELINE_REV = "27be229"  # main before the end-to-end speed work (bench/e2e.py --baseline)
 E2E_SPEEDUP_GOAL = 2.0        # issue 14: end to end >= 2x this project's main at the same settings and budget
 
 
@@ -538,10 +537,12 @@ def _baseline_spec() -> str:
     for folder in (os.environ.get("SEEDVR2_BASELINE_TREE"), ROOT / ".devkit" / "baseline"):
         if folder and Path(folder, "seedvr2", "__init__.py").is_file():
             return str(folder)
+    from e2e import BASELINE_REV
+
     if (ROOT / ".git").exists():
-        return E2E_BASELINE_REV
+        return BASELINE_REV
     raise CheckSkipped(f"no baseline tree: set SEEDVR2_BASELINE_TREE to a folder holding seedvr2/ and blockswap/ of "
-                       f"{E2E_BASELINE_REV} (git archive {E2E_BASELINE_REV} seedvr2 blockswap), or build the device kit")
+                       f"{BASELINE_REV} (git archive {BASELINE_REV} seedvr2 blockswap), or build the device kit")
 
 
 def check_e2e_native(tmp: Path) -> tuple[str, dict]:
