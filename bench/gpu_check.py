@@ -2,7 +2,7 @@
 
     python bench/gpu_check.py                      # everything, ~8 min on an H200 (+ ~3 min for e2e)
     python bench/gpu_check.py --quick              # a ~3 min subset (CUDA block-swap tests, 3B bench, e2e at 24 GB)
-    python bench/gpu_check.py --only e2e e2e-native   # the end-to-end checks alone (~4 min)
+    python bench/gpu_check.py --only e2e e2e-baseline e2e-native   # the end-to-end checks alone (~6 min)
     python bench/gpu_check.py --json gpu.json      # also write the results as JSON
     python bench/gpu_check.py --dit /models/seedvr2_ema_3b_fp16.safetensors   # a real 3B instead of random
     python bench/gpu_check.py --cpu-smoke          # no GPU: checks (b), (g) and (h)'s code on tiny models, CPU
