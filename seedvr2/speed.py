@@ -24,6 +24,21 @@ one off, ``SpeedOptions()`` is the default):
   swap (the swap hooks are excluded from the graph, see `blockswap.engine`); all blocks of one
   configuration share one compiled graph (no recompile per block). See
   `seedvr2.dit.model.compile_blocks`.
+* ``vae_compile`` (default False): ``torch.compile`` (inductor) of the VAE's norm -> SiLU -> causal
+  conv steps (the body of every resnet block and the output heads): the frame-wise GroupNorm, the
+  SiLU and the write into the conv's time-padded input fuse into one pass; the convolutions stay
+  library calls. The causal cache is handled outside the graph; all blocks share one compiled
+  function (two entry points: first chunk, later chunks) with dynamic shapes, so tiles and chunks
+  of other sizes compile a bounded handful of graphs, not one per block or per size. See
+  `seedvr2.vae.compiled`. Numbers: eager within rounding (fp32 ~1e-6; tested on the CPU with
+  inductor, bench/gpu_check.py's CUDA tests on a GPU). Cost: compile time on the first encode and
+  decode of a process (inductor caches kernels on disk for the next). Default off: on this CPU it
+  does not pay (bench/vae_speed.py: see the README), and on a GPU the convolutions, which it
+  leaves alone, are most of the VAE's time. To turn it on by default, a device run of
+  ``bench/vae_speed.py --device cuda --dtype bf16 --variants default compile --warmup 1`` at the
+  paper's tile and chunk sizes must show ``compile`` faster in steady state (a few % at least),
+  max |diff| within bf16 rounding, no higher peak VRAM, and a first-call compile time that the
+  saving repays within one typical upscale (bench/e2e.py ``compile`` vs ``fast``).
 
 The VAE reads its options from ``vae.speed`` (a plain attribute, like ``NaDiT.attention``) at each
 call; `apply_speed` sets both models' options in one go.
@@ -48,6 +63,7 @@ class SpeedOptions:
     channels_last: bool = False
     tile_batch: int = 1
     dit_compile: bool = False
+    vae_compile: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.tile_batch, int) or isinstance(self.tile_batch, bool) or self.tile_batch < 1:
@@ -60,7 +76,7 @@ class SpeedOptions:
     @classmethod
     def eager(cls) -> SpeedOptions:
         """Every fast path off: the reference the fast paths are checked against."""
-        return cls(cudnn_benchmark=False, channels_last=False, tile_batch=1, dit_compile=False)
+        return cls(cudnn_benchmark=False, channels_last=False, tile_batch=1, dit_compile=False, vae_compile=False)
 
 
 def set_conv_memory_format(module: nn.Module, channels_last: bool) -> None:
@@ -92,8 +108,9 @@ def vae_call_context(options: SpeedOptions, device: torch.device) -> Iterator[No
 
 
 def apply_speed(options: SpeedOptions, *, vae: nn.Module | None = None, dit: nn.Module | None = None) -> None:
-    """Give the models their fast paths: ``vae.speed = options``; the DiT's blocks compiled (or
-    back to eager) per ``options.dit_compile``."""
+    """Give the models their fast paths: ``vae.speed = options`` (read by the VAE at each encode and
+    decode, ``vae_compile`` included); the DiT's blocks compiled (or back to eager) per
+    ``options.dit_compile``."""
     if not isinstance(options, SpeedOptions):
         raise TypeError(f"apply_speed: options must be a SpeedOptions, got {type(options).__name__}")
     if vae is not None:
