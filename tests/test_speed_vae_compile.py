@@ -131,11 +131,13 @@ def test_switching_off_is_eager_bit_for_bit(vae, backend):
     x = _clip(5, 32, 32)
     kw = dict(tile_size=None, chunk_frames=4)
     ref = _roundtrip(vae, x, SpeedOptions.eager(), **kw)
+    calls = backend.calls
     _roundtrip(vae, x, SpeedOptions(vae_compile=True), **kw)
+    assert backend.calls > calls
+    assert compiled.active() is None  # the scope ends with the call
     calls = backend.calls
     off = _roundtrip(vae, x, SpeedOptions(), **kw)  # the same cached model, switched back
     assert backend.calls == calls
-    assert compiled.active() is None  # the scope ends with the call
     for a, b in zip(off, ref):
         assert torch.equal(a, b)
 
