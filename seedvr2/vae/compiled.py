@@ -1,45 +1,48 @@
-"""``torch.compile`` of the VAE's norm -> SiLU -> causal conv steps (``SpeedOptions.vae_compile``).
+"""``torch.compile`` of the VAE's norm -> SiLU -> time-pad steps (``SpeedOptions.vae_compile``).
 
-What is compiled: `norm_silu_conv`, a pure tensor function doing what `blocks.norm_conv` does for
-one chunk: the frame-wise GroupNorm (fp32 statistics) and SiLU, the causal time padding (the
-cached tail or the repeated first frame) and the 3-D convolution; it also returns the frames the
-next chunk needs. Inductor fuses the norm, the SiLU and the write into the padded conv input into
-one pass over the chunk (eager: a group_norm and a SiLU kernel per frame); the convolution stays
-the same library call (cuDNN / oneDNN). Every `ResnetBlock` (two such steps each) and the
-encoder's and decoder's output heads go through it: that is most of the VAE's non-conv work.
+What is compiled: `norm_silu_pad`, a pure tensor function doing the non-conv half of
+`blocks.norm_conv` for one chunk: the frame-wise GroupNorm (fp32 statistics), the SiLU and the
+causal time padding (the cached tail or the repeated first frame), i.e. the time-padded input of
+the next causal conv. Inductor fuses the norm, the SiLU and the write into the padded buffer into
+one pass over the chunk per step (eager: a group_norm and a SiLU kernel per frame, then the head
+copy). Every `ResnetBlock` (two such steps each) and the encoder's and decoder's output heads go
+through it. The convolution itself stays out of the graph: the same library call (cuDNN/oneDNN)
+as eager, and inside a graph inductor would specialise on the weight's shape, i.e. compile one
+graph per channel count.
 
 Design and invariants:
 
 * The causal state stays out of the graph: `compiled_norm_conv` (plain Python, never traced)
-  looks the tail up in the `CausalCache`, calls the compiled function and stores the returned tail.
-  The compiled function sees tensors and a few ints only, so no guard depends on a cache or a
-  module, and the weights are passed as tensor arguments (detached: dynamo would give
-  ``nn.Parameter`` arguments static shapes).
+  looks the tail up in the `CausalCache`, calls the compiled function, stores the new tail (the
+  last frames of the padded buffer) and runs the conv. The compiled function sees tensors and a
+  few numbers only, so no guard depends on a cache or a module; weights are passed as detached
+  tensors (dynamo would give ``nn.Parameter`` arguments static shapes).
 * One compiled function for all: every block and both VAE halves share the compiled
-  ``norm_silu_conv`` of a backend (`kernels`), like the DiT's `compile_blocks`; the graphs
-  depend on the structure of a call, never on which block makes it. There are two entry points
-  with their own code objects (and so their own dynamo recompile budget): the first chunk of a
-  clip or tile (head = repeated first frame) and later chunks (head = the cached tail).
-* Shapes are dynamic: compiled with ``dynamic=True``, so channel counts, tile sizes and chunk
-  lengths are symbols, not constants. What still compiles a new graph: a size of 1 (batch 1,
-  one-frame chunks and the frame-by-frame stages are specialised by dynamo), equal sizes (dynamo
-  gives equal sizes one symbol, e.g. square tiles, ``c_in == c_out``), the dtype and the memory
-  format. That is a bounded handful per entry point for a whole encode + decode
-  (tests/test_speed_vae_compile.py counts them), far below dynamo's recompile limit (8 per
-  entry point); past the limit dynamo would run the function eagerly (still correct).
+  ``norm_silu_pad`` of a backend (`kernels`), like the DiT's `compile_blocks`; graphs depend on
+  the structure of a call, never on which block makes it. Two entry points with their own code
+  objects (so their own dynamo recompile budget): the first chunk of a clip or tile (head =
+  repeated first frame) and later chunks (head = the cached tail).
+* Shapes are dynamic (``dynamic=True``, and compiled without dynamo's "duck sizing", which would
+  tie sizes that happen to be equal, e.g. a square tile): channel counts, tile sizes and chunk
+  lengths are symbols. What still compiles a new graph: a size of 1 (one-frame chunks and the
+  frame-by-frame stages; batch 1 vs ``tile_batch`` > 1), a frame sliced out of a chunk (other
+  strides), the dtype. A tiled, chunked encode + decode compiles 5 graphs in all (tests/
+  test_speed_vae_compile.py bounds it), other sizes reuse them; dynamo's limit is 8 per entry
+  point, past which it would run the function eagerly (still correct, slower).
 * The switch is read at each call: `VideoVAE` enters `compiled_scope(speed.vae_compile)` around
   every encode/decode (``vae.speed``, set by `seedvr2.speed.apply_speed`), and `blocks.norm_conv`
   asks `active` which path to take. Off runs the unchanged eager code, bit for bit; nothing is
   stored on the modules, so toggling works on a cached model, and the scope is a ContextVar, so
   two threads running two VAEs do not see each other's setting.
-* Numbers: equal to eager within rounding (fp32: ~1e-6 relative; the fused kernel computes the
-  statistics in another order and rounds once after norm + SiLU where eager rounds twice, which
-  matters in 16-bit only: one bf16 rounding step at most).
+* Numbers: equal to eager within rounding (fp32 ~1e-6: the fused statistics sum in another
+  order; in bf16 the fused kernel rounds once after norm + SiLU where eager rounds after each, as
+  close to the fp32 result as eager bf16 is).
 * Works under ``torch.inference_mode()`` (ComfyUI runs nodes in it) and ``torch.no_grad()``.
 
-Cost: compile time on the first call of each structure (a few seconds each on a CPU, tens of
-seconds for a whole VAE on a GPU, cached on disk by inductor for later processes). Memory: the
-padded conv input is one buffer as in eager; no extra activation copy.
+Cost: compile time on the first encode/decode of a process (5 small graphs: tens of seconds on a
+2-core CPU with a cold inductor cache; inductor caches them on disk for later processes). Memory:
+as eager (the padded buffer is the graph's output, no extra copy). With ``channels_last`` also on,
+the padded buffer comes out contiguous (the conv converts it).
 """
 from __future__ import annotations
 
