@@ -24,21 +24,22 @@ one off, ``SpeedOptions()`` is the default):
   swap (the swap hooks are excluded from the graph, see `blockswap.engine`); all blocks of one
   configuration share one compiled graph (no recompile per block). See
   `seedvr2.dit.model.compile_blocks`.
-* ``vae_compile`` (default False): ``torch.compile`` (inductor) of the VAE's norm -> SiLU -> causal
-  conv steps (the body of every resnet block and the output heads): the frame-wise GroupNorm, the
-  SiLU and the write into the conv's time-padded input fuse into one pass; the convolutions stay
-  library calls. The causal cache is handled outside the graph; all blocks share one compiled
-  function (two entry points: first chunk, later chunks) with dynamic shapes, so tiles and chunks
-  of other sizes compile a bounded handful of graphs, not one per block or per size. See
-  `seedvr2.vae.compiled`. Numbers: eager within rounding (fp32 ~1e-6; tested on the CPU with
-  inductor, bench/gpu_check.py's CUDA tests on a GPU). Cost: compile time on the first encode and
-  decode of a process (inductor caches kernels on disk for the next). Default off: on this CPU it
-  does not pay (bench/vae_speed.py: see the README), and on a GPU the convolutions, which it
-  leaves alone, are most of the VAE's time. To turn it on by default, a device run of
-  ``bench/vae_speed.py --device cuda --dtype bf16 --variants default compile --warmup 1`` at the
-  paper's tile and chunk sizes must show ``compile`` faster in steady state (a few % at least),
-  max |diff| within bf16 rounding, no higher peak VRAM, and a first-call compile time that the
-  saving repays within one typical upscale (bench/e2e.py ``compile`` vs ``fast``).
+* ``vae_compile`` (default False): ``torch.compile`` (inductor) of the VAE's norm -> SiLU ->
+  time-pad steps (the body of every resnet block and the output heads up to their conv): the
+  frame-wise GroupNorm, the SiLU and the write into the conv's time-padded input fuse into one
+  pass; the convolutions and the causal cache stay eager, outside the graph. All blocks share one
+  compiled function (two entry points: first chunk, later chunks) with dynamic shapes, so tiles
+  and chunks of other sizes reuse a bounded handful of graphs (5 for a tiled, chunked encode +
+  decode), never one per block or per size. See `seedvr2.vae.compiled`. Numbers: eager within
+  rounding (fp32 ~1e-6; tested on the CPU with inductor, and on a GPU by bench/gpu_check.py's CUDA
+  tests). Cost: compile time on the first encode and decode of a process (inductor caches the
+  kernels on disk for the next). Default off: the convolutions, which it leaves alone, are most of
+  the VAE's time, and on the CPU it does not pay (README, bench/vae_speed.py figures). To turn it
+  on by default, a device run of ``bench/vae_speed.py --device cuda --dtype bf16 --variants
+  default compile --warmup 1`` at the shipped tile and chunk sizes must show ``compile`` faster in
+  steady state (a few % at least), max |diff| within bf16 rounding of ``default``, and a first
+  call (``first call s``) whose compile time one typical upscale repays; bench/e2e.py
+  ``vae_compile`` vs ``fast`` must agree.
 
 The VAE reads its options from ``vae.speed`` (a plain attribute, like ``NaDiT.attention``) at each
 call; `apply_speed` sets both models' options in one go.
