@@ -42,7 +42,8 @@ Variants (the hook for speed switches; `--variant`, `--check`): a variant is a s
 variables applied around the run (and restored after), plus torch switches: `eager` disables
 `torch.compile` (`torch._dynamo.config.disable`) and cuDNN autotuning and sets SEEDVR2_EAGER=1,
 which the pipeline's fast paths must honour at call time to fall back to the reference code.
-`compile`, `channels_last`, `tile_batch` and `all` set `seedvr2.speed.SpeedOptions` on the models.
+`compile` (DiT), `vae_compile`, `channels_last`, `tile_batch` and `all` (every one of them) set
+`seedvr2.speed.SpeedOptions` on the models.
 `--check` runs each case twice on the same models, `fast` (as shipped) then `eager`, and reports the
 max |diff| of the outputs. Add switches by extending `VARIANTS`, or ad hoc: `--variant NAME:ENV=VALUE,...`.
 
@@ -206,9 +207,11 @@ VARIANTS = {
     "eager": Variant("eager", {"SEEDVR2_EAGER": "1"}, dynamo_disable=True, cudnn_benchmark=False,
                      speed=SpeedOptions and SpeedOptions.eager()),
     "compile": Variant("compile", speed=SpeedOptions and SpeedOptions(dit_compile=True)),
+    "vae_compile": Variant("vae_compile", speed=SpeedOptions and SpeedOptions(vae_compile=True)),
     "channels_last": Variant("channels_last", speed=SpeedOptions and SpeedOptions(channels_last=True)),
     "tile_batch": Variant("tile_batch", speed=SpeedOptions and SpeedOptions(tile_batch=4)),
-    "all": Variant("all", speed=SpeedOptions and SpeedOptions(channels_last=True, tile_batch=4, dit_compile=True)),
+    "all": Variant("all", speed=SpeedOptions and SpeedOptions(channels_last=True, tile_batch=4, dit_compile=True,
+                                                              vae_compile=True)),
 }
 
 

@@ -10,7 +10,8 @@
 Checks (each one PASS/FAIL with its figures; one summary table at the end; exit status 1 if any failed):
 
   a. cuda-tests   the unit tests that need CUDA (`pytest tests -k cuda`: tests/test_blockswap_cuda.py,
-                  the VAE and loader CUDA tests), in a subprocess; none may fail.
+                  the VAE and loader CUDA tests, `vae_compile` against eager included), in a subprocess;
+                  none may fail.
   b. 3b-inference a full-size 3B DiT with random bf16 weights written as a checkpoint, loaded by
                   `load_dit_model` with 16 of 32 blocks swapped, all inside `torch.inference_mode()`
                   as ComfyUI runs nodes: two DiT forwards at a small token count and one small

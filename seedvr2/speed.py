@@ -24,6 +24,24 @@ one off, ``SpeedOptions()`` is the default):
   swap (the swap hooks are excluded from the graph, see `blockswap.engine`); all blocks of one
   configuration share one compiled graph (no recompile per block). See
   `seedvr2.dit.model.compile_blocks`.
+* ``vae_compile`` (default False): ``torch.compile`` (inductor) of the VAE's norm -> SiLU ->
+  time-pad steps (the body of every resnet block and the output heads up to their conv): the
+  frame-wise GroupNorm, the SiLU and the write into the conv's time-padded input fuse into one
+  pass; the convolutions and the causal cache stay eager, outside the graph. All blocks share one
+  compiled function (two entry points: first chunk, later chunks) with dynamic shapes, so tiles
+  and chunks of other sizes reuse a bounded handful of graphs (5 for a tiled, chunked encode +
+  decode), never one per block or per size. See `seedvr2.vae.compiled`. Numbers: eager within
+  rounding (fp32 ~1e-6; tested on the CPU with inductor, and on a GPU by bench/gpu_check.py's CUDA
+  tests). Cost: compile time on the first encode and decode of a process (inductor caches the
+  kernels on disk for the next). Default off: the convolutions, which it leaves alone, are most of
+  the VAE's time; on a 2-core CPU (real VAE, fp32, 9 frames 128², bench/vae_speed.py) it saved
+  3 % in steady state (decode 5 %, encode nothing), about the noise of that shared machine, for
+  tens of seconds of compiling in the first call. To turn it
+  on by default, a device run of ``bench/vae_speed.py --device cuda --dtype bf16 --variants
+  default compile --warmup 1`` at the shipped tile and chunk sizes must show ``compile`` faster in
+  steady state (a few % at least), max |diff| within bf16 rounding of ``default``, and a first
+  call (``first call s``) whose compile time one typical upscale repays; bench/e2e.py
+  ``vae_compile`` vs ``fast`` must agree.
 
 The VAE reads its options from ``vae.speed`` (a plain attribute, like ``NaDiT.attention``) at each
 call; `apply_speed` sets both models' options in one go.
@@ -55,6 +73,7 @@ class SpeedOptions:
     channels_last: bool = False
     tile_batch: int = 1
     dit_compile: bool = False
+    vae_compile: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.tile_batch, int) or isinstance(self.tile_batch, bool) or self.tile_batch < 1:
@@ -67,7 +86,7 @@ class SpeedOptions:
     @classmethod
     def eager(cls) -> SpeedOptions:
         """Every fast path off: the reference the fast paths are checked against."""
-        return cls(cudnn_benchmark=False, channels_last=False, tile_batch=1, dit_compile=False)
+        return cls(cudnn_benchmark=False, channels_last=False, tile_batch=1, dit_compile=False, vae_compile=False)
 
     @classmethod
     def from_switches(cls, *, compile: bool = False, channels_last: bool = False,
@@ -142,8 +161,9 @@ def compile_unavailable(device: torch.device | str) -> str | None:
 
 
 def apply_speed(options: SpeedOptions, *, vae: nn.Module | None = None, dit: nn.Module | None = None) -> None:
-    """Give the models their fast paths: ``vae.speed = options``; the DiT's blocks compiled (or
-    back to eager) per ``options.dit_compile``."""
+    """Give the models their fast paths: ``vae.speed = options`` (read by the VAE at each encode and
+    decode, ``vae_compile`` included); the DiT's blocks compiled (or back to eager) per
+    ``options.dit_compile``."""
     if not isinstance(options, SpeedOptions):
         raise TypeError(f"apply_speed: options must be a SpeedOptions, got {type(options).__name__}")
     if vae is not None:

@@ -113,6 +113,7 @@ def test_cudnn_benchmark_is_scoped_to_the_vae_call():
     (dict(tile_batch=0), "tile_batch must be an integer >= 1"),
     (dict(tile_batch=2.0), "tile_batch must be an integer >= 1"),
     (dict(channels_last="yes"), "channels_last must be True or False"),
+    (dict(vae_compile=1), "vae_compile must be True or False"),
 ])
 def test_bad_speed_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -121,7 +122,8 @@ def test_bad_speed_options_are_refused(kwargs, message):
 
 def test_eager_turns_every_fast_path_off():
     eager = SpeedOptions.eager()
-    assert not (eager.cudnn_benchmark or eager.channels_last or eager.dit_compile)
+    assert not (eager.cudnn_benchmark or eager.channels_last or eager.dit_compile or eager.vae_compile)
+    assert not SpeedOptions().vae_compile  # off by default (see seedvr2.speed)
     assert eager.tile_batch == 1
 
 

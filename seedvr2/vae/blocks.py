@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import compiled as _compiled
 from .causal_conv import CausalCache, CausalConv3d
 
 NORM_EPS = 1e-6  # resnet_eps and every GroupNorm of the official Encoder3D/Decoder3D
@@ -37,7 +38,13 @@ class FrameGroupNorm(nn.GroupNorm):
 
 def norm_conv(norm: FrameGroupNorm, conv: CausalConv3d, x: Tensor, cache: CausalCache | None) -> Tensor:
     """``conv(silu(norm(x)), cache)`` with the norm written straight into the conv's padded input:
-    no separate norm output, no time-padding copy (bitwise the same as the two calls)."""
+    no separate norm output, no time-padding copy (bitwise the same as the two calls).
+
+    Inside a ``vae_compile`` call (`compiled.compiled_scope`) the same step runs as one compiled
+    graph instead (`compiled.compiled_norm_conv`); otherwise this eager code, unchanged."""
+    kernels = _compiled.active()
+    if kernels is not None:
+        return _compiled.compiled_norm_conv(kernels, norm, conv, x, cache)
     b, _, t, h, w = x.shape
     padded, body = conv.padded_input(b, t, h, w, dtype=x.dtype, device=x.device, cache=cache)
     norm(x, silu=True, out=body)

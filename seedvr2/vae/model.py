@@ -28,7 +28,8 @@ what the official run uses); norms are computed in fp32. Inputs and outputs may 
 e.g. on the CPU: each tile chunk is moved to the compute device as it is needed.
 
 Fast paths (`seedvr2.speed.SpeedOptions`, read from ``vae.speed`` at each call): cuDNN autotuning
-scoped to the call, channels-last-3d convs, several equal tiles per call (``tile_batch``).
+scoped to the call, channels-last-3d convs, several equal tiles per call (``tile_batch``), and
+``torch.compile`` of the norm -> SiLU -> conv steps (``vae_compile``, `compiled`).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..speed import SpeedOptions, set_conv_memory_format, vae_call_context
+from .compiled import compiled_scope
 from .config import VAEConfig
 from .decoder import Decoder
 from .encoder import Encoder
@@ -140,7 +142,7 @@ class VideoVAE(nn.Module):
         speed = self.speed
         device, dtype = _weights_device_dtype(half)
         set_conv_memory_format(half, speed.channels_last)
-        with vae_call_context(speed, device):
+        with vae_call_context(speed, device), compiled_scope(speed.vae_compile):
             run_tiled(half, x, out, plan, device=device, dtype=dtype, cache_device=cache_device, on_tile=on_tile,
                       tile_batch=speed.tile_batch)
 
