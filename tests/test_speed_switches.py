@@ -107,8 +107,9 @@ def test_compile_unavailable_names_the_missing_piece(monkeypatch):
 
     from seedvr2.speed import compile_unavailable
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-cxx-seedvr2",))
-    assert "needs a C++ compiler" in compile_unavailable("cpu")
+    with inductor_config.patch({"cpp.cxx": ("no-such-cxx-seedvr2",)}):  # restored after (monkeypatch would lose it)
+        assert "needs a C++ compiler" in compile_unavailable("cpu")
+    assert compile_unavailable("cpu") is None  # this machine has one: the check sees the restored setting
     import torch.utils._triton as triton_check
 
     monkeypatch.setattr(triton_check, "has_triton", lambda: False)
