@@ -40,6 +40,7 @@ EXPECTED = {
             "dtype": ("required", "COMBO", "auto"),
             "attention": ("required", "COMBO", "sdpa"),
             "block_swap_config": ("optional", "SEEDVR2_BLOCKSWAP_CONFIG", ANY),
+            "torch_compile": ("optional", "BOOLEAN", False),  # last and optional: old workflows load unchanged
         },
         # a CPU-only host: no cuda:N choices
         "options": {"device": {"auto", "cpu"}, "dtype": {"auto", "bf16", "fp16", "fp32"},
