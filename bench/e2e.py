@@ -557,50 +557,60 @@ def main(argv: list[str] | None = None) -> int:
     budgets = args.budgets or (["resident", "24", "12"] if device.type == "cuda" else ["resident"])
     if args.save_output is not None and (len(budgets) > 1 or len(resolve_cases(args)) > 1):
         raise SystemExit("--save-output keeps one output: give one case and one budget")
-    stack = contextlib.ExitStack()
-    baseline = None if args.baseline is None else stack.enter_context(baseline_tree(args.baseline))
     specs = _model_specs()
     print(f"e2e on {device_name(device)}; host RSS now {rss() / GiB:.2f} GiB", flush=True)
     records = []
-    for case in resolve_cases(args):
-        models = build_models(specs[case.model], device)
-        print(f"\nbuilt {case.model} models in {models.build_s:.1f} s (RSS {rss() / GiB:.2f} GiB)", flush=True)
-        for budget in budgets:
-            if args.check:
-                a_variant, b_variant = args.check_variants
-                a, out_a = run_upscale(models, case, device, budget, args.blocks, a_variant, args.input_scale, args.color)
-                print_record(a)
-                b, out_b = run_upscale(models, case, device, budget, args.blocks, b_variant, args.input_scale, args.color)
-                print_record(b)
-                diff = max_abs_diff(out_a, out_b)
-                del out_a, out_b
-                a["check"] = b["check"] = {"against": b_variant.name, "max_abs_diff": diff,
-                                            "speedup": b["total"]["seconds"] / a["total"]["seconds"]}
-                print(f"  check: {a_variant.name} vs {b_variant.name}: max |diff| {diff:.3g}, "
-                      f"{a_variant.name} {a['check']['speedup']:.2f}x faster", flush=True)
-                records += [a, b]
-            else:
-                runs, out = [], None
-                for _ in range(args.repeats):
-                    run, out = run_upscale(models, case, device, budget, args.blocks, args.variant, args.input_scale,
-                                           args.color)
-                    runs.append(run)
-                record = fastest(runs)
-                print_record(record)
-                if args.save_output is not None:
-                    torch.save(out, args.save_output)
-                if baseline is not None:
-                    record["baseline"] = run_baseline(args, case, budget, device, baseline, out)
-                    record["baseline"]["speedup"] = speedups(record, record["baseline"])
-                    print_baseline(record)
-                records.append(record)
-                del out
-        del models
-    stack.close()
+    with contextlib.ExitStack() as stack:  # the baseline's temporary tree, if any, until the end
+        baseline = None if args.baseline is None else stack.enter_context(baseline_tree(args.baseline))
+        for case in resolve_cases(args):
+            models = build_models(specs[case.model], device)
+            print(f"\nbuilt {case.model} models in {models.build_s:.1f} s (RSS {rss() / GiB:.2f} GiB)", flush=True)
+            for budget in budgets:
+                if args.check:
+                    records += check_variants(models, case, device, budget, args)
+                else:
+                    records.append(timed_run(models, case, device, budget, args, baseline))
+            del models
     if args.json is not None:
         args.json.write_text(json.dumps({"device": device_name(device), "runs": records}, indent=1))
         print(f"\nwrote {args.json}")
     return 0
+
+
+def check_variants(models: Models, case: Case, device: torch.device, budget: str,
+                   args: argparse.Namespace) -> list[dict]:
+    """`--check`: the case run with both `--check-variants` on the same models; both records get
+    the max |diff| of the outputs and the speed-up of the first."""
+    a_variant, b_variant = args.check_variants
+    a, out_a = run_upscale(models, case, device, budget, args.blocks, a_variant, args.input_scale, args.color)
+    print_record(a)
+    b, out_b = run_upscale(models, case, device, budget, args.blocks, b_variant, args.input_scale, args.color)
+    print_record(b)
+    diff = max_abs_diff(out_a, out_b)
+    del out_a, out_b
+    a["check"] = b["check"] = {"against": b_variant.name, "max_abs_diff": diff,
+                                "speedup": b["total"]["seconds"] / a["total"]["seconds"]}
+    print(f"  check: {a_variant.name} vs {b_variant.name}: max |diff| {diff:.3g}, "
+          f"{a_variant.name} {a['check']['speedup']:.2f}x faster", flush=True)
+    return [a, b]
+
+
+def timed_run(models: Models, case: Case, device: torch.device, budget: str, args: argparse.Namespace,
+              baseline: Path | None) -> dict:
+    """The case `--repeats` times (the fastest record kept), its output saved (`--save-output`), then
+    the baseline revision's run of it when there is one (`record["baseline"]`)."""
+    runs, out = [], None
+    for _ in range(args.repeats):
+        run, out = run_upscale(models, case, device, budget, args.blocks, args.variant, args.input_scale, args.color)
+        runs.append(run)
+    record = fastest(runs)
+    print_record(record)
+    if args.save_output is not None:
+        torch.save(out, args.save_output)
+    if baseline is not None:
+        record["baseline"] = run_baseline(args, case, budget, device, baseline, record, out)
+        print_baseline(record)
+    return record
 
 
 # --------------------------------------------------------------------------------------------
@@ -629,11 +639,11 @@ def baseline_tree(spec: str) -> Iterator[Path]:
 
 
 def run_baseline(args: argparse.Namespace, case: Case, budget: str, device: torch.device, tree: Path,
-                 ours: torch.Tensor) -> dict:
+                 ours: dict, ours_out: torch.Tensor) -> dict:
     """The same case and budget run by this script in a subprocess that imports `seedvr2` and
     `blockswap` from `tree` (its own CUDA context and host memory; the same random weights, from
-    the same seeds). Returns its record with the ratios baseline/ours (> 1: ours is faster) and the
-    max |diff| of its output against ours."""
+    the same seeds). Returns its record with the ratios baseline/ours (`speedup`, > 1: ours is
+    faster) and the max |diff| of its output against ours (`max_abs_diff_vs_ours`)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the models are back in host RAM: leave the device to the subprocess
     with tempfile.TemporaryDirectory(prefix="e2e-baseline-run-") as tmp:
@@ -651,8 +661,9 @@ def run_baseline(args: argparse.Namespace, case: Case, budget: str, device: torc
                              f"{(proc.stdout + proc.stderr)[-3000:]}")
         (record,) = json.loads(json_path.read_text())["runs"]
         theirs = torch.load(out_path, mmap=True)
-        record["max_abs_diff_vs_ours"] = max_abs_diff(ours, theirs)
+        record["max_abs_diff_vs_ours"] = max_abs_diff(ours_out, theirs)
         del theirs
+    record["speedup"] = speedups(ours, record)
     return record
 
 
@@ -666,8 +677,9 @@ def speedups(ours: dict, baseline: dict) -> dict[str, float]:
 def print_baseline(r: dict) -> None:
     b = r["baseline"]
     ratios = b["speedup"]
-    print(f"  baseline ({b['seedvr2']}): total {b['total']['seconds']:.3f} s, peak VRAM {_gib(b['total']['peak_vram_bytes'])}"
-          f" GiB, peak RSS {_gib(b['total']['peak_rss_bytes'])} GiB")
+    total = b["total"]
+    print(f"  baseline ({b['seedvr2']}): total {total['seconds']:.3f} s, peak VRAM {_gib(total['peak_vram_bytes'])} GiB, "
+          f"peak RSS {_gib(total['peak_rss_bytes'])} GiB")
     print("  baseline/ours seconds (> 1: ours faster): "
           + ", ".join(f"{p} {v:.2f}x" for p, v in ratios.items())
           + f"; max |diff| vs ours {b['max_abs_diff_vs_ours']:.3g}", flush=True)

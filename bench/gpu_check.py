@@ -516,10 +516,8 @@ def check_e2e_baseline(device: torch.device, case_name: str, frames: int | None,
     record, out = e2e.run_upscale(models, case, device, budget, None, e2e.VARIANTS["fast"], 0.5, "wavelet")
     del models
     with e2e.baseline_tree(spec) as tree:
-        base = e2e.run_baseline(args, case, budget, device, tree, out)
+        base = record["baseline"] = e2e.run_baseline(args, case, budget, device, tree, record, out)
     del out
-    base["speedup"] = e2e.speedups(record, base)
-    record["baseline"] = base
     e2e.print_record(record)
     e2e.print_baseline(record)
     diff, total = base["max_abs_diff_vs_ours"], base["speedup"]["total"]

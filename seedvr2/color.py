@@ -60,20 +60,32 @@ def _wavelet_blur(x: torch.Tensor, radius: int, top: bool = True, bottom: bool =
     return F.conv2d(x, kernel, groups=channels, dilation=radius)
 
 
-def _wavelet_decompose(x: torch.Tensor, levels: int = WAVELET_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(high, low): `high` sums x - blur(x) over the levels in upstream's order; `low` is the last blur."""
-    high = torch.zeros_like(x)
-    for i in range(levels):
-        low = _wavelet_blur(x, 2**i)
-        high += x - low
-        x = low
-    return high, x
+def _wavelet_decompose(x: torch.Tensor, *, keep_high: bool = True, start: int = 0,
+                       height: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+    """(high or None, low, first row they cover) of rows [start, start + x.shape[-2]) of a frame
+    `height` rows tall (None: `x` is the whole frame). `high` sums x - blur(x) over the levels in
+    upstream's order; `low` is the last blur. Sides on the frame's border get the replicate
+    padding; interior sides (a band's edges, `color_correct_bands`) are not padded and lose 2**i
+    rows at level i. A whole frame loses none: upstream's decomposition, bit for bit."""
+    stop = start + x.shape[-2]
+    height = stop if height is None else height
+    high = torch.zeros_like(x) if keep_high else None
+    for i in range(WAVELET_LEVELS):
+        radius = 2**i
+        top, bottom = start == 0, stop == height
+        low = _wavelet_blur(x, radius, top, bottom)
+        cut_top, cut_bottom = (0 if top else radius), (0 if bottom else radius)
+        if high is not None:
+            high = high[..., cut_top:x.shape[-2] - cut_bottom, :]
+            high += x[..., cut_top:x.shape[-2] - cut_bottom, :] - low
+        x, start, stop = low, start + cut_top, stop - cut_bottom
+    return high, x, start
 
 
 def wavelet_reconstruction(content: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """High frequencies of `content` + low frequencies of `reference` (StableSR, 5 levels)."""
-    high, _ = _wavelet_decompose(content)
-    _, low = _wavelet_decompose(reference)
+    high, _, _ = _wavelet_decompose(content)
+    _, low, _ = _wavelet_decompose(reference, keep_high=False)
     return high + low
 
 
@@ -107,7 +119,6 @@ def _from_lab(lab: torch.Tensor) -> torch.Tensor:
 def lab_transfer(content: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """AdaIN in CIELAB: inputs clamped to the displayable range first (sRGB needs [0, 1])."""
     return _from_lab(adain(_to_lab(content), _to_lab(reference)))
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,29 +183,10 @@ def color_correct_bands(content: RowReader, reference: RowReader, height: int, m
 def _wavelet_band(content: RowReader, reference: RowReader, a: int, b: int, height: int) -> torch.Tensor:
     """Rows [a, b) of `wavelet_reconstruction`: high frequencies of the content + low of the reference."""
     start, stop = max(0, a - WAVELET_HALO), min(height, b + WAVELET_HALO)
-    high, _, first = _decompose_rows(content(start, stop), start, height, keep_high=True)
+    high, _, first = _wavelet_decompose(content(start, stop), start=start, height=height)
     high = high[..., a - first:b - first, :]
-    _, low, first = _decompose_rows(reference(start, stop), start, height, keep_high=False)
+    _, low, first = _wavelet_decompose(reference(start, stop), keep_high=False, start=start, height=height)
     return high + low[..., a - first:b - first, :]
-
-
-def _decompose_rows(x: torch.Tensor, start: int, height: int, *,
-                    keep_high: bool) -> tuple[torch.Tensor | None, torch.Tensor, int]:
-    """`_wavelet_decompose` of rows [start, start + x.shape[-2]) of a frame `height` rows tall:
-    (high or None, low, first row they cover). Interior sides lose 2**i rows at level i."""
-    stop = start + x.shape[-2]
-    high = torch.zeros_like(x) if keep_high else None
-    for i in range(WAVELET_LEVELS):
-        radius = 2**i
-        top, bottom = start == 0, stop == height
-        low = _wavelet_blur(x, radius, top, bottom)
-        cut_top, cut_bottom = (0 if top else radius), (0 if bottom else radius)
-        keep = slice(cut_top, x.shape[-2] - cut_bottom)
-        if high is not None:
-            high = high[..., keep, :]
-            high += x[..., keep, :] - low
-        x, start, stop = low, start + cut_top, stop - cut_bottom
-    return high, x, start
 
 
 class _Moments:
@@ -227,6 +219,7 @@ class _Moments:
 def _check_method(method: str) -> None:
     if method not in COLOR_CORRECTIONS:
         raise ValueError(f"color_correction must be one of {', '.join(COLOR_CORRECTIONS)}, got {method!r}")
+
 
 # sRGB (D65) <-> CIE XYZ <-> CIELAB, IEC 61966-2-1 and CIE 15 formulas.
 _RGB_TO_XYZ = torch.tensor([

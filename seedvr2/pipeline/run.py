@@ -478,6 +478,13 @@ def _chunks(length: int, pixels_per_frame: int) -> Iterator[tuple[int, int]]:
         yield a, min(a + step, length)
 
 
+def _output_chunks(batch: Batch, geo: FrameGeometry) -> Iterator[tuple[int, int]]:
+    """The batch's frames in chunks for post-processing: each frame counted at the larger of its
+    output and resized-input size (the colour fix holds both)."""
+    oh, ow = geo.output_hw
+    return _chunks(batch.length, max(oh * ow, geo.resized_hw[0] * geo.resized_hw[1]))
+
+
 def _read_frames(frames: torch.Tensor, start: int, stop: int, device: torch.device,
                  channels: slice = slice(0, 3)) -> torch.Tensor:
     """Caller's frames [start, stop), `channels` -> (n, c, H, W) float32 in [0, 1] on `device`."""
@@ -551,13 +558,12 @@ def _decode(run: _Run, vae: nn.Module, dtype: torch.dtype, batch: Batch, x0: tor
     decoded = run.fit.retry("decode", lambda: vae.decode(z, **run.vae_tiling.kwargs(), on_tile=run.on_tile))[0]
     # (3, T4, Hc, Wc)
     geo = run.geometry
-    oh, ow = geo.output_hw
     pieces = _post_process(run, batch, decoded, frames)
     alpha = None
     if run.channels == 4:
         alpha = torch.cat([to_output(geo.reference(_read_frames(frames, a, b, run.device, channels=slice(3, 4))),
                                      run.output_dtype).cpu()
-                           for a, b in _chunks(batch.length, max(oh * ow, geo.resized_hw[0] * geo.resized_hw[1]))])
+                           for a, b in _output_chunks(batch, geo)])
     return BatchOutput(batch, pieces, alpha)
 
 
@@ -578,9 +584,8 @@ def _post_process_chunks(run: _Run, batch: Batch, decoded: torch.Tensor, frames:
     """The batch's decoded canvas (3, T4, Hc, Wc) -> its output pieces on the CPU: colour fix and
     conversion of whole frames, a chunk of about CHUNK_PIXELS per tensor at a time."""
     geo = run.geometry
-    oh, ow = geo.output_hw
     pieces: list[torch.Tensor] = []
-    for a, b in _chunks(batch.length, max(oh * ow, geo.resized_hw[0] * geo.resized_hw[1])):
+    for a, b in _output_chunks(batch, geo):
         content = geo.trim(decoded[:, a:b].permute(1, 0, 2, 3)).to(run.device, torch.float32)  # (n, 3, oh, ow)
         _check_finite(content, "the VAE decode", batch, _VAE_CAUSE)
         if run.settings.color_correction != "none":

@@ -186,13 +186,28 @@ def _write_models(folder: Path) -> tuple[str, str, str]:
     return written.dit.name, written.vae.name, written.pos_emb.name
 
 
-@pytest.fixture(scope="session")
-def comfy_root(comfy_install: ComfyInstall, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh copy of the ComfyUI tree for this run, with the pack linked into custom_nodes/."""
-    root = tmp_path_factory.mktemp(f"comfyui-{comfy_install.version}") / "ComfyUI"
+def comfy_tree(comfy_install: ComfyInstall, parent: Path) -> Path:
+    """A fresh copy of the ComfyUI tree in `parent`/ComfyUI, with the pack linked into custom_nodes/."""
+    root = parent / "ComfyUI"
     shutil.copytree(comfy_install.tree, root, symlinks=True)
     (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
     return root
+
+
+def link_models(model_files: ModelFiles, root: Path) -> Path:
+    """The suite's DiT, VAE and text embedding hard-linked into `root`'s models/SEEDVR2 (a server
+    of its own sees the same files); returns that folder."""
+    folder = root / "models" / "SEEDVR2"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (model_files.dit, model_files.vae, model_files.embedding):
+        os.link(model_files.folder / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def comfy_root(comfy_install: ComfyInstall, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh copy of the ComfyUI tree for this run, with the pack linked into custom_nodes/."""
+    return comfy_tree(comfy_install, tmp_path_factory.mktemp(f"comfyui-{comfy_install.version}"))
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,7 @@ alone, without the collector ComfyUI runs now and then, is tests/test_host_condi
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ import psutil
 import pytest
 
 from . import media
-from .conftest import PACK_FOLDER, REPO
+from .conftest import comfy_tree, link_models
 from .harness import ComfyServer
 from .ui_to_api import convert
 from .workflow import (BLOCKSWAP, LOAD_DIT, SMALL, UPSCALE, check_outputs, is_video, nodes_of, only, output_files,
@@ -80,13 +78,8 @@ class SwapHost:
 
 @pytest.fixture(scope="module")
 def swap_host(comfy_install, model_files, tmp_path_factory, acceptance_report):
-    root = tmp_path_factory.mktemp("comfyui_blockswap_cpu") / "ComfyUI"
-    shutil.copytree(comfy_install.tree, root, symlinks=True)
-    (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
-    folder = root / "models" / "SEEDVR2"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in (model_files.dit, model_files.vae, model_files.embedding):
-        os.link(model_files.folder / name, folder / name)
+    root = comfy_tree(comfy_install, tmp_path_factory.mktemp("comfyui_blockswap_cpu"))
+    folder = link_models(model_files, root)
     medium_bytes = write_medium_dit(folder / MEDIUM_DIT)
     server = ComfyServer(comfy_install.python, root, root.parent / "comfyui.log", extra_env=ENV)
     seconds = server.start()

@@ -18,15 +18,13 @@ newest selected host only (`SEEDVR2_ACCEPTANCE_HOSTS=0.3.75` runs it there).
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 
 import numpy as np
 import pytest
 
 from . import media
-from .conftest import PACK_FOLDER, REPO
+from .conftest import PACK_FOLDER, comfy_tree, link_models
 from .harness import ComfyServer
 from .test_blockswap_host import output_pixels, run_ok, swapped_lines, with_blockswap
 from .ui_to_api import convert
@@ -42,13 +40,8 @@ COMPILED_LINE = re.compile(r"SeedVR2 DiT ran (\d+)/(\d+) blocks torch\.compile'd
 @pytest.fixture(scope="module")
 def compile_host(comfy_install, model_files, tmp_path_factory, acceptance_report):
     """(server, uploaded image name): a ComfyUI of its own with block swap's CPU mode on."""
-    root = tmp_path_factory.mktemp("comfyui_compile") / "ComfyUI"
-    shutil.copytree(comfy_install.tree, root, symlinks=True)
-    (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
-    folder = root / "models" / "SEEDVR2"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in (model_files.dit, model_files.vae, model_files.embedding):
-        os.link(model_files.folder / name, folder / name)
+    root = comfy_tree(comfy_install, tmp_path_factory.mktemp("comfyui_compile"))
+    link_models(model_files, root)
     server = ComfyServer(comfy_install.python, root, root.parent / "comfyui.log", extra_env=ENV)
     seconds = server.start()
     acceptance_report.add(f"compile host ({' '.join(f'{k}={v}' for k, v in ENV.items())}): up in {seconds:.1f}s, "

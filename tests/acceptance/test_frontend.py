@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from .browser import Chromium, find_chromium
-from .conftest import HOSTS, PACK_FOLDER, REPO, AcceptanceReport, ComfyInstall
+from .conftest import HOSTS, PACK_FOLDER, REPO, AcceptanceReport, ComfyInstall, comfy_tree
 from .harness import ComfyServer
 from .workflow import example_files
 
@@ -67,9 +67,7 @@ def screenshot_dir(comfy_install: ComfyInstall, tmp_path_factory: pytest.TempPat
 def frontend_server(comfy_install: ComfyInstall, tmp_path_factory: pytest.TempPathFactory,
                     acceptance_report: AcceptanceReport) -> ComfyServer:
     """A server of its own (fresh ComfyUI copy: nothing in input/ but what the pack places)."""
-    root = tmp_path_factory.mktemp(f"frontend-{comfy_install.version}") / "ComfyUI"
-    shutil.copytree(comfy_install.tree, root, symlinks=True)
-    (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
+    root = comfy_tree(comfy_install, tmp_path_factory.mktemp(f"frontend-{comfy_install.version}"))
     server = ComfyServer(comfy_install.python, root, root.parent / "comfyui.log")
     seconds = server.start()
     frontend = subprocess.run([str(comfy_install.python), "-c", "from importlib.metadata import version; "
